@@ -1,0 +1,852 @@
+"""`PageTable64`: the generic multi-level page table (page_table_multiarch's `PageTable64`).
+
+One implementation serves every architecture; a subclass supplies the metadata (levels, address
+widths) and the entry codec. Behaviour follows page_table_multiarch 0.6.1 for every in-spec input;
+where the crate misbehaves (DESIGN.md, KNOWN-DEFECTS) this class differs on purpose:
+
+- addresses are validated (`InvalidAddress`) instead of being silently index-masked;
+- flags the architecture cannot encode are rejected (`InvalidFlags`);
+- an empty entry is never mistaken for a huge page (the crate's AArch64 bug);
+- `walk()` descends every table pointer, including LoongArch's flag-less directory entries;
+- every operation is atomic: on any error the table and the frame allocator are unchanged;
+- `remap`/`protect` of an unmapped page fail with `NotMapped` instead of writing a hole;
+- region operations that would cut a huge page fail with `MappedToHugePage` (the crate panics);
+- empty intermediate tables can be reclaimed on unmap (`free_empty_tables=True`, off by default).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from .codec import PteCodec
+from .errors import (
+    AlreadyMapped,
+    InvalidAddress,
+    MappedToHugePage,
+    NoMemory,
+    NotAligned,
+    NotMapped,
+    PagingError,
+    UnsupportedPageSize,
+)
+from .flags import MappingFlags, PageSize
+from .flush import TlbFlush, TlbFlushAll
+from .journal import Journal
+from .memory import U64, WORDS_PER_FRAME, PagingHandler
+from .metadata import MASK64, PagingMetaData
+
+ENTRY_COUNT = 512
+PAGE_4K = 0x1000
+WalkCallback = Callable[[int, int, int, int], None]
+PaddrSource = int | Callable[[int], int]
+
+
+@dataclass(frozen=True)
+class UnmapResult:
+    """What `unmap` removed: base physical address, flags and size of the page, plus the flush
+    record. Unpacks as `paddr, flags, size = pt.unmap(va)`."""
+
+    paddr: int
+    flags: MappingFlags
+    size: PageSize
+    tlb: TlbFlush
+
+    def __iter__(self) -> Iterator[object]:
+        return iter((self.paddr, self.flags, self.size))
+
+    def flush(self) -> None:
+        """Flush the TLB entry of the unmapped address."""
+        self.tlb.flush()
+
+
+@dataclass(frozen=True)
+class QueryBatch:
+    """Result of `query_many`: one element per virtual address. Unpacks as
+    `paddr, flags, size, mapped = pt.query_many(vaddrs)`; where `mapped` is False the other
+    arrays hold 0."""
+
+    paddr: U64
+    flags: np.ndarray
+    size: U64
+    mapped: np.ndarray
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter((self.paddr, self.flags, self.size, self.mapped))
+
+
+@dataclass(frozen=True)
+class WalkBatch:
+    """Result of `walk_many`: the raw path of every virtual address.
+
+    `entries[l, i]` / `entry_paddrs[l, i]` are the entry read at level `l` (root = 0) for address
+    `i` and where it lies (0 beyond the end of the walk); `leaf_level[i]` is the level of the leaf
+    found (-1 when the walk ended in a hole or an invalid address); `valid[i]` says whether the
+    address is one the table translates at all.
+    """
+
+    vaddrs: U64
+    entries: U64
+    entry_paddrs: U64
+    leaf_level: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass(frozen=True)
+class MappingList:
+    """Every present leaf of a table: parallel arrays of virtual address, physical address,
+    MappingFlags value and page size, in walk order."""
+
+    vaddr: U64
+    paddr: U64
+    flags: np.ndarray
+    size: U64
+
+    def __len__(self) -> int:
+        return len(self.vaddr)
+
+
+class _Atomic:
+    """Context manager running one operation under a journal (re-entrant: the outermost wins)."""
+
+    __slots__ = ("_table", "_owner")
+
+    def __init__(self, table: PageTable64) -> None:
+        self._table = table
+        self._owner = False
+
+    def __enter__(self) -> None:
+        self._owner = self._table._journal is None
+        if self._owner:
+            self._table._journal = Journal(self._table.handler)
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        if self._owner:
+            journal = self._table._journal
+            self._table._journal = None
+            if kind is not None and journal is not None:
+                journal.roll_back()
+
+
+def _as_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__} {value!r}")
+    return int(value)
+
+
+class PageTable64:
+    """A 64-bit multi-level page table with 512-entry tables, stored through a `PagingHandler`.
+
+    Construction allocates and zeroes the root (the crate's `try_new`). Use as a context manager
+    (or call `free()`) to return every table frame to the handler.
+    """
+
+    METADATA: ClassVar[type[PagingMetaData]] = PagingMetaData
+    CODEC: ClassVar[type[PteCodec]] = PteCodec
+
+    def __init__(
+        self,
+        handler: PagingHandler,
+        *,
+        metadata: PagingMetaData | None = None,
+        codec: PteCodec | None = None,
+    ) -> None:
+        self.handler = handler
+        self.metadata = metadata if metadata is not None else self.METADATA()
+        self.codec = codec if codec is not None else self.CODEC()
+        levels = self.metadata.LEVELS
+        self._levels = levels
+        self._last = levels - 1
+        self._shifts = tuple(12 + 9 * (levels - 1 - level) for level in range(levels))
+        # leaf sizes by level: 4K at the last level, 2M above it, 1G above that (4K granule)
+        self._size_of_level: list[PageSize | None] = [None] * levels
+        for size, depth in ((PageSize.SIZE_4K, 0), (PageSize.SIZE_2M, 1), (PageSize.SIZE_1G, 2)):
+            if depth < levels:
+                self._size_of_level[self._last - depth] = size
+        self._level_of_size = {s: lv for lv, s in enumerate(self._size_of_level) if s is not None}
+        self._read = handler.read_word
+        self._write = handler.write_word
+        self._journal: Journal | None = None
+        self._atomic = _Atomic(self)
+        self._borrowed: set[int] = set()
+        self._extra_frames: list[int] = []
+        self._freed = False
+        self._steps_4k = np.arange(ENTRY_COUNT, dtype=np.uint64) * np.uint64(
+            self.codec.encode_pa(PAGE_4K)
+        )
+        self._empty = [0] * levels
+        root = self._alloc_frame()
+        self._empty = self._make_empty_entries()
+        self._fill_table(root, 0)
+        self._root = root
+
+    # -- construction hooks ------------------------------------------------------------------
+    def _make_empty_entries(self) -> list[int]:
+        """The value of an empty entry at each level (0 everywhere unless a subclass says so)."""
+        return [0] * self._levels
+
+    # -- public properties -------------------------------------------------------------------
+    @property
+    def root_paddr(self) -> int:
+        """Physical address of the root table."""
+        self._check_alive()
+        return self._root
+
+    @property
+    def levels(self) -> int:
+        """Number of translation levels."""
+        return self._levels
+
+    @property
+    def page_sizes(self) -> tuple[PageSize, ...]:
+        """Leaf sizes this table can map, smallest first."""
+        return tuple(sorted(self._level_of_size))
+
+    def level_of_size(self, size: PageSize) -> int:
+        """The level (root = 0) at which leaves of `size` live."""
+        return self._level_of_size[self._check_page_size(size)]
+
+    def size_of_level(self, level: int) -> PageSize | None:
+        """The leaf size at `level`, or None where no leaf can live."""
+        return self._size_of_level[level]
+
+    def empty_entry(self, level: int) -> int:
+        """The value an unused entry at `level` holds."""
+        return self._empty[level]
+
+    def entry_span(self, level: int) -> int:
+        """Bytes of virtual address space one entry at `level` covers."""
+        return 1 << self._shifts[level]
+
+    def index(self, vaddr: int, level: int) -> int:
+        """The index of `vaddr`'s entry in its table at `level`."""
+        return (vaddr >> self._shifts[level]) & (ENTRY_COUNT - 1)
+
+    # -- validation --------------------------------------------------------------------------
+    def _check_alive(self) -> None:
+        if self._freed:
+            raise PagingError("the page table was freed; it can no longer be used")
+
+    def _check_va(self, vaddr: object) -> int:
+        va = _as_int("vaddr", vaddr)
+        if not 0 <= va <= MASK64 or not self.metadata.vaddr_is_valid(va):
+            raise InvalidAddress(
+                f"virtual address {va:#x} is not translated by this table: "
+                f"{self.metadata.describe_va_rule()}"
+            )
+        return va
+
+    def _check_range(self, vaddr: object, size: object) -> tuple[int, int]:
+        va = self._check_va(vaddr)
+        length = _as_int("size", size)
+        if length < 0:
+            raise ValueError(f"size {length:#x} is negative")
+        if va % PAGE_4K or length % PAGE_4K:
+            raise NotAligned(f"region start {va:#x} and size {length:#x} must be 4K-aligned")
+        if length:
+            if not self.metadata.range_is_valid(va, va + length - 1):
+                raise InvalidAddress(
+                    f"region [{va:#x}, {va + length:#x}) leaves the address range this table "
+                    f"translates: {self.metadata.describe_va_rule()}"
+                )
+        return va, length
+
+    def _check_pa(self, paddr: object, length: int = 1) -> int:
+        pa = _as_int("paddr", paddr)
+        if pa < 0 or pa + length > self.metadata.pa_limit:
+            raise InvalidAddress(
+                f"physical address range [{pa:#x}, {pa + length:#x}) is outside the "
+                f"{self.metadata.PA_MAX_BITS}-bit physical address space"
+            )
+        return pa
+
+    def _check_page_size(self, size: object) -> PageSize:
+        try:
+            page_size = PageSize(_as_int("page size", size))
+        except ValueError:
+            raise UnsupportedPageSize(f"{size!r} is not a page size (4K, 2M or 1G)") from None
+        if page_size not in self._level_of_size:
+            raise UnsupportedPageSize(f"{page_size.label} pages are not supported by this table")
+        return page_size
+
+    # -- low-level helpers -------------------------------------------------------------------
+    def _alloc_frame(self) -> int:
+        frame = self.handler.alloc_frame()
+        if frame is None:
+            raise NoMemory("the paging handler has no free frame for a page table")
+        if self._journal is not None:
+            self._journal.frame(frame)
+        return frame
+
+    def _fill_table(self, table: int, level: int) -> None:
+        self.handler.write_words(table, np.full(WORDS_PER_FRAME, self._empty[level], dtype=np.uint64))
+
+    def _set(self, epa: int, value: int) -> None:
+        if self._journal is not None:
+            self._journal.word(epa, self._read(epa))
+        self._write(epa, value)
+
+    def _is_pointer(self, entry: int, level: int) -> bool:
+        """Whether a non-leaf-level entry points to a next-level table (crate: `next_table`)."""
+        return (
+            level < self._last
+            and entry != self._empty[level]
+            and not self.codec.is_huge(entry)
+            and self.codec.paddr(entry) != 0
+        )
+
+    def _is_leaf(self, entry: int, level: int) -> bool:
+        """Whether an entry at `level` is a (possibly non-present) leaf."""
+        if entry == self._empty[level]:
+            return False
+        return level == self._last or self.codec.is_huge(entry)
+
+    def _find(self, va: int) -> tuple[int, int, int]:
+        """Follow table pointers from the root; return (entry address, entry, level) of the first
+        entry that is not a pointer (a leaf, a hole or garbage)."""
+        read = self._read
+        codec = self.codec
+        empty = self._empty
+        last = self._last
+        table = self._root
+        for level, shift in enumerate(self._shifts):
+            epa = table + (((va >> shift) & 511) << 3)
+            entry = read(epa)
+            if level == last or entry == empty[level] or codec.is_huge(entry):
+                return epa, entry, level
+            table = codec.paddr(entry)
+            if table == 0:  # crate: a pointer to physical 0 counts as not mapped
+                return epa, entry, level
+        raise AssertionError("unreachable")
+
+    def _leaf(self, va: int) -> tuple[int, int, int, PageSize]:
+        """The present leaf translating `va`: (entry address, entry, level, size)."""
+        epa, entry, level = self._find(va)
+        if not self._is_leaf(entry, level) or not self.codec.is_present(entry):
+            raise NotMapped(f"virtual address {va:#x} is not mapped")
+        size = self._size_of_level[level]
+        if size is None:
+            raise MappedToHugePage(
+                f"entry {entry:#x} at level {level} on the path of {va:#x} claims to be a huge "
+                "page at a level that has none"
+            )
+        return epa, entry, level, size
+
+    def _table_at(self, va: int, level: int) -> tuple[int, bool]:
+        """The table at `level` on `va`'s path, creating missing tables above it.
+
+        Returns (table address, whether it was created by this call).
+        """
+        codec = self.codec
+        table = self._root
+        fresh = False
+        for lv in range(level):
+            epa = table + (((va >> self._shifts[lv]) & 511) << 3)
+            entry = self._read(epa)
+            if entry == self._empty[lv]:
+                new = self._alloc_frame()
+                self._fill_table(new, lv + 1)
+                self._set(epa, codec.table(new))
+                table, fresh = new, True
+            elif codec.is_huge(entry):
+                raise MappedToHugePage(
+                    f"a huge page at level {lv} (entry {entry:#x}) already maps {va:#x}"
+                )
+            else:
+                table = codec.paddr(entry)
+                if table == 0:
+                    raise NotMapped(f"entry {entry:#x} at level {lv} points to physical 0")
+        return table, fresh
+
+    def _flush_hook(self, vaddr: int | None) -> None:
+        self.metadata.flush_tlb(vaddr)
+
+    def _pa_of(self, paddr: PaddrSource, va: int) -> int:
+        return self._check_pa(paddr(va) if callable(paddr) else paddr)
+
+    # -- single-page operations --------------------------------------------------------------
+    def map(self, vaddr: int, paddr: int, size: PageSize, flags: MappingFlags) -> TlbFlush:
+        """Map the page of `size` at `vaddr` to the frame at `paddr` (aligned down to `size`,
+        as the crate does) with `flags`.
+
+        Raises NotAligned (vaddr not aligned to size), InvalidAddress, InvalidFlags,
+        UnsupportedPageSize, AlreadyMapped (slot in use, even by an empty table),
+        MappedToHugePage (a huge page covers vaddr) or NoMemory.
+        """
+        self._check_alive()
+        va = self._check_va(vaddr)
+        page_size = self._check_page_size(size)
+        if va & (page_size - 1):
+            raise NotAligned(f"virtual address {va:#x} is not aligned to the {page_size.label} page size")
+        pa = self._check_pa(paddr) & ~(page_size - 1)
+        entry = self.codec.page(pa, MappingFlags(flags), page_size)
+        level = self._level_of_size[page_size]
+        with self._atomic:
+            table, _ = self._table_at(va, level)
+            epa = table + (((va >> self._shifts[level]) & 511) << 3)
+            if self._read(epa) != self._empty[level]:
+                raise AlreadyMapped(
+                    f"the {page_size.label} slot for {va:#x} is in use (entry {self._read(epa):#x})"
+                )
+            self._set(epa, entry)
+        return TlbFlush(va, self._flush_hook)
+
+    def query(self, vaddr: int) -> tuple[int, MappingFlags, PageSize]:
+        """(physical address of `vaddr` including its offset in the page, flags, page size).
+
+        Raises NotMapped unless a present leaf translates `vaddr`.
+        """
+        self._check_alive()
+        va = self._check_va(vaddr)
+        _, entry, _, size = self._leaf(va)
+        return self.codec.paddr(entry) + (va & (size - 1)), self.codec.flags(entry), size
+
+    def unmap(self, vaddr: int, *, free_empty_tables: bool = False) -> UnmapResult:
+        """Remove the whole (huge) page that maps `vaddr`; return its base PA, flags and size.
+
+        With `free_empty_tables`, intermediate tables left empty are freed too (the crate never
+        frees them, which blocks later huge mappings in the same range).
+        """
+        self._check_alive()
+        va = self._check_va(vaddr)
+        epa, entry, level, size = self._leaf(va)
+        with self._atomic:
+            self._set(epa, self._empty[level])
+        if free_empty_tables:
+            self._reclaim(va, level)
+        result = UnmapResult(self.codec.paddr(entry), self.codec.flags(entry), size, TlbFlush(va, self._flush_hook))
+        return result
+
+    def protect(self, vaddr: int, flags: MappingFlags) -> tuple[PageSize, TlbFlush]:
+        """Replace the flags of the page mapping `vaddr`; return its size and a flush record."""
+        self._check_alive()
+        va = self._check_va(vaddr)
+        epa, entry, _, size = self._leaf(va)
+        with self._atomic:
+            self._set(epa, self.codec.with_flags(entry, MappingFlags(flags), size))
+        return size, TlbFlush(va, self._flush_hook)
+
+    def remap(self, vaddr: int, paddr: int, flags: MappingFlags) -> tuple[PageSize, TlbFlush]:
+        """Point the page mapping `vaddr` at `paddr` (aligned down to its size) with `flags`."""
+        self._check_alive()
+        va = self._check_va(vaddr)
+        epa, _, _, size = self._leaf(va)
+        pa = self._check_pa(paddr) & ~(size - 1)
+        with self._atomic:
+            self._set(epa, self.codec.page(pa, MappingFlags(flags), size))
+        return size, TlbFlush(va, self._flush_hook)
+
+    # -- region operations -------------------------------------------------------------------
+    def map_region(
+        self,
+        vaddr: int,
+        paddr: PaddrSource,
+        size: int,
+        flags: MappingFlags,
+        allow_huge: bool = True,
+    ) -> TlbFlushAll:
+        """Map `size` bytes from `vaddr` to `paddr` (an address, or a function of the virtual
+        address as in the crate's `get_paddr`).
+
+        With `allow_huge`, each step uses 1G, then 2M pages where the virtual address, the
+        physical address and the remaining size allow (the crate's choice); otherwise 4K. All or
+        nothing: if any page fails, nothing is mapped.
+        """
+        self._check_alive()
+        va, length = self._check_range(vaddr, size)
+        flags = MappingFlags(flags)
+        self.codec.template(flags, PageSize.SIZE_4K)  # InvalidFlags before anything else
+        if isinstance(paddr, (int, np.integer)) and not isinstance(paddr, bool):
+            pa = self._check_pa(paddr, length)
+            if pa % PAGE_4K:
+                raise NotAligned(f"physical address {pa:#x} of the region is not 4K-aligned")
+        elif not callable(paddr):
+            raise TypeError(f"paddr must be an integer or a callable, not {type(paddr).__name__}")
+        with self._atomic:
+            for run_va, page_size, pas in self._plan(va, paddr, length, allow_huge):
+                if page_size is PageSize.SIZE_4K:
+                    self._fill_4k(run_va, pas, flags)
+                else:
+                    for i, pa in enumerate(pas.tolist()):
+                        self._map_huge(run_va + i * page_size, pa, page_size, flags)
+        return TlbFlushAll(self._flush_hook)
+
+    def _pick_size(self, va: int, pa: int, remaining: int, allow_huge: bool) -> PageSize:
+        if allow_huge:
+            for size in (PageSize.SIZE_1G, PageSize.SIZE_2M):
+                if (
+                    size in self._level_of_size
+                    and va % size == 0
+                    and pa % size == 0
+                    and remaining >= size
+                ):
+                    return size
+        return PageSize.SIZE_4K
+
+    def _plan(
+        self, va: int, paddr: PaddrSource, length: int, allow_huge: bool
+    ) -> Iterator[tuple[int, PageSize, U64]]:
+        """Runs of equal-sized pages: (first vaddr, page size, physical address of each page)."""
+        end = va + length
+        if not callable(paddr):
+            offset = int(paddr) - va  # linear: pa = va + offset
+            while va < end:
+                size = self._pick_size(va, va + offset, end - va, allow_huge)
+                count = (end - va) // size
+                for bigger in (PageSize.SIZE_2M, PageSize.SIZE_1G):
+                    # the crate re-decides every step: a bigger size wins at its next boundary
+                    if allow_huge and bigger > size and bigger in self._level_of_size and offset % bigger == 0:
+                        steps = ((-va) % bigger) // size
+                        if steps:
+                            count = min(count, steps)
+                pas = np.uint64(va + offset) + np.arange(count, dtype=np.uint64) * np.uint64(size)
+                yield va, size, pas
+                va += count * size
+            return
+        pending: list[int] = []
+        pending_va = va
+        while va < end:
+            pa = self._pa_of(paddr, va)
+            size = self._pick_size(va, pa, end - va, allow_huge)
+            if size is PageSize.SIZE_4K:
+                if not pending:
+                    pending_va = va
+                pending.append(pa & ~(PAGE_4K - 1))
+            else:
+                if pending:
+                    yield pending_va, PageSize.SIZE_4K, np.array(pending, dtype=np.uint64)
+                    pending = []
+                yield va, size, np.array([pa], dtype=np.uint64)
+            va += size
+        if pending:
+            yield pending_va, PageSize.SIZE_4K, np.array(pending, dtype=np.uint64)
+
+    def _map_huge(self, va: int, pa: int, size: PageSize, flags: MappingFlags) -> None:
+        level = self._level_of_size[size]
+        table, _ = self._table_at(va, level)
+        epa = table + (((va >> self._shifts[level]) & 511) << 3)
+        if self._read(epa) != self._empty[level]:
+            raise AlreadyMapped(f"the {size.label} slot for {va:#x} is in use (entry {self._read(epa):#x})")
+        self._set(epa, self.codec.page(pa & ~(size - 1), flags, size))
+
+    def _fill_4k(self, va: int, pas: U64, flags: MappingFlags) -> None:
+        """Write 4K leaves for consecutive pages from `va`, a whole leaf table slice at a time."""
+        template = np.uint64(self.codec.template(flags, PageSize.SIZE_4K))
+        last = self._last
+        empty = self._empty[last]
+        handler = self.handler
+        count = len(pas)
+        linear = count > 1 and int(pas[-1]) - int(pas[0]) == (count - 1) * PAGE_4K
+        done = 0
+        while done < count:
+            cva = va + done * PAGE_4K
+            index = (cva >> 12) & 511
+            chunk = min(ENTRY_COUNT - index, count - done)
+            table, fresh = self._table_at(cva, last)
+            epa = table + index * 8
+            if not fresh:
+                current = handler.read_words(epa, chunk)
+                busy = current != np.uint64(empty)
+                if busy.any():
+                    first = cva + int(np.argmax(busy)) * PAGE_4K
+                    raise AlreadyMapped(f"the 4K slot for {first:#x} is in use")
+                if self._journal is not None:
+                    self._journal.run(epa, current)
+            if linear:
+                values = self._steps_4k[:chunk] + (template | np.uint64(self.codec.encode_pa(int(pas[done]))))
+            else:
+                values = template | ((pas[done : done + chunk] >> np.uint64(self.codec.PA_SHIFT)) & np.uint64(self.codec.PA_FIELD))
+            handler.write_words(epa, values)
+            done += chunk
+
+    def unmap_region(self, vaddr: int, size: int, *, free_empty_tables: bool = False) -> TlbFlushAll:
+        """Unmap every page in `[vaddr, vaddr + size)`; all must be mapped, and no huge page may
+        stick out of the region. All or nothing."""
+        self._check_alive()
+        va, length = self._check_range(vaddr, size)
+        end = va + length
+        touched: list[tuple[int, int]] = []
+        with self._atomic:
+            cur = va
+            while cur < end:
+                epa, entry, level, page_size = self._leaf(cur)
+                if level < self._last:
+                    self._check_fits(cur, end, page_size)
+                    self._set(epa, self._empty[level])
+                    touched.append((cur, level))
+                    cur += page_size
+                    continue
+                chunk = min(ENTRY_COUNT - ((cur >> 12) & 511), (end - cur) >> 12)
+                current = self.handler.read_words(epa, chunk)
+                mapped = self.codec.present(current) & (current != np.uint64(self._empty[level]))
+                if not mapped.all():
+                    raise NotMapped(f"virtual address {cur + int(np.argmin(mapped)) * PAGE_4K:#x} is not mapped")
+                if self._journal is not None:
+                    self._journal.run(epa, current)
+                self.handler.write_words(epa, np.full(chunk, self._empty[level], dtype=np.uint64))
+                touched.append((cur, level))
+                cur += chunk * PAGE_4K
+        if free_empty_tables:
+            for touched_va, level in touched:
+                self._reclaim(touched_va, level)
+        return TlbFlushAll(self._flush_hook)
+
+    def _check_fits(self, va: int, end: int, size: PageSize) -> None:
+        if va % size or end - va < size:
+            raise MappedToHugePage(
+                f"the region ends inside the {size.label} page at {va - va % size:#x}: "
+                "a region operation cannot split a huge page"
+            )
+
+    def protect_region(self, vaddr: int, size: int, flags: MappingFlags) -> TlbFlushAll:
+        """Set `flags` on every mapped page in the region; holes are skipped (as in the crate)."""
+        self._check_alive()
+        va, length = self._check_range(vaddr, size)
+        flags = MappingFlags(flags)
+        template = np.uint64(self.codec.template(flags, PageSize.SIZE_4K))
+        end = va + length
+        with self._atomic:
+            cur = va
+            while cur < end:
+                epa, entry, level = self._find(cur)
+                if not self._is_leaf(entry, level):
+                    span = 1 << self._shifts[level]
+                    cur = (cur & ~(span - 1)) + span
+                    continue
+                if level < self._last:
+                    page_size = self._size_of_level[level]
+                    if page_size is None:
+                        raise MappedToHugePage(f"entry {entry:#x} at level {level} is a huge page at a level that has none")
+                    self._check_fits(cur, end, page_size)
+                    if self.codec.is_present(entry):
+                        self._set(epa, self.codec.with_flags(entry, flags, page_size))
+                    cur += page_size
+                    continue
+                chunk = min(ENTRY_COUNT - ((cur >> 12) & 511), (end - cur) >> 12)
+                current = self.handler.read_words(epa, chunk)
+                mapped = self.codec.present(current) & (current != np.uint64(self._empty[level]))
+                if mapped.any():
+                    updated = np.where(mapped, (current & np.uint64(self.codec.PA_FIELD)) | template, current)
+                    if self._journal is not None:
+                        self._journal.run(epa, current)
+                    self.handler.write_words(epa, updated)
+                cur += chunk * PAGE_4K
+        return TlbFlushAll(self._flush_hook)
+
+    # -- reclamation -------------------------------------------------------------------------
+    def _reclaim(self, va: int, level: int) -> None:
+        """Free the tables on `va`'s path, from `level` up, that have become empty."""
+        if self.index(va, 0) in self._borrowed:
+            return  # those tables belong to the table we copied them from
+        path = [self._root]
+        for lv in range(level):
+            entry = self._read(path[-1] + self.index(va, lv) * 8)
+            if not self._is_pointer(entry, lv):
+                return
+            path.append(self.codec.paddr(entry))
+        for lv in range(level, 0, -1):
+            words = self.handler.read_words(path[lv], WORDS_PER_FRAME)
+            if not bool(np.all(words == np.uint64(self._empty[lv]))):
+                return
+            self._write(path[lv - 1] + self.index(va, lv - 1) * 8, self._empty[lv - 1])
+            self.handler.dealloc_frame(path[lv])
+
+    # -- traversal ---------------------------------------------------------------------------
+    def walk(
+        self,
+        limit: int | None = None,
+        pre: WalkCallback | None = None,
+        post: WalkCallback | None = None,
+    ) -> None:
+        """Visit every present entry depth first: `pre(level, index, vaddr, entry)` before
+        descending into a table, `post(...)` after. At most `limit` entries are visited per table
+        (the crate's semantics). `vaddr` is the canonical address the entry starts to cover."""
+        self._check_alive()
+        self._walk_table(self._root, 0, 0, limit if limit is not None else ENTRY_COUNT, pre, post)
+
+    def _walk_table(
+        self,
+        table: int,
+        level: int,
+        base: int,
+        limit: int,
+        pre: WalkCallback | None,
+        post: WalkCallback | None,
+    ) -> None:
+        visited = 0
+        shift = self._shifts[level]
+        for index, entry in enumerate(self.handler.read_words(table, ENTRY_COUNT).tolist()):
+            pointer = self._is_pointer(entry, level)
+            if not pointer and not (self._is_leaf(entry, level) and self.codec.is_present(entry)):
+                continue
+            raw = base + (index << shift)
+            vaddr = self.metadata.canonical(raw)
+            if pre is not None:
+                pre(level, index, vaddr, entry)
+            if pointer:
+                self._walk_table(self.codec.paddr(entry), level + 1, raw, limit, pre, post)
+            if post is not None:
+                post(level, index, vaddr, entry)
+            visited += 1
+            if visited >= limit:
+                break
+
+    def mappings(self) -> MappingList:
+        """Every present leaf, in address order (vectorised per table)."""
+        self._check_alive()
+        parts: list[tuple[U64, U64, np.ndarray, U64]] = []
+        self._collect(self._root, 0, 0, parts)
+        if not parts:
+            empty = np.zeros(0, dtype=np.uint64)
+            return MappingList(empty, empty, np.zeros(0, dtype=np.uint8), empty)
+        return MappingList(*(np.concatenate(column) for column in zip(*parts)))
+
+    def _collect(self, table: int, level: int, base: int, parts: list[tuple[U64, U64, np.ndarray, U64]]) -> None:
+        entries = np.array(self.handler.read_words(table, ENTRY_COUNT))
+        codec = self.codec
+        not_empty = entries != np.uint64(self._empty[level])
+        if level == self._last:
+            leaf = not_empty
+            pointers = np.zeros(ENTRY_COUNT, dtype=bool)
+        else:
+            huge = codec.huge(entries) & not_empty
+            leaf = huge if self._size_of_level[level] is not None else np.zeros(ENTRY_COUNT, dtype=bool)
+            pointers = not_empty & ~huge & (codec.paddrs(entries) != 0)
+        leaf &= codec.present(entries)
+        if leaf.any():
+            index = np.flatnonzero(leaf).astype(np.uint64)
+            raw = np.uint64(base) + (index << np.uint64(self._shifts[level]))
+            size = self._size_of_level[level]
+            assert size is not None
+            parts.append((
+                self.metadata.canonical_many(raw),
+                codec.paddrs(entries[leaf]),
+                codec.flags_many(entries[leaf]),
+                np.full(len(index), int(size), dtype=np.uint64),
+            ))
+        for index in np.flatnonzero(pointers).tolist():
+            self._collect(codec.paddr(int(entries[index])), level + 1, base + (index << self._shifts[level]), parts)
+
+    # -- batch queries -----------------------------------------------------------------------
+    def walk_many(self, vaddrs: object) -> WalkBatch:
+        """Walk the table for every address at once (numpy); see `WalkBatch`."""
+        self._check_alive()
+        va = np.ascontiguousarray(vaddrs, dtype=np.uint64).reshape(-1)
+        count = len(va)
+        valid = self.metadata.vaddrs_valid(va)
+        entries = np.zeros((self._levels, count), dtype=np.uint64)
+        entry_paddrs = np.zeros((self._levels, count), dtype=np.uint64)
+        leaf_level = np.full(count, -1, dtype=np.int8)
+        active = np.flatnonzero(valid)
+        tables = np.full(len(active), self._root, dtype=np.uint64)
+        codec = self.codec
+        for level, shift in enumerate(self._shifts):
+            if not len(active):
+                break
+            epa = tables + (((va[active] >> np.uint64(shift)) & np.uint64(511)) << np.uint64(3))
+            found = self.handler.gather_words(epa)
+            entries[level, active] = found
+            entry_paddrs[level, active] = epa
+            hole = found == np.uint64(self._empty[level])
+            if level == self._last:
+                leaf_level[active[~hole]] = level
+                break
+            huge = codec.huge(found) & ~hole
+            if self._size_of_level[level] is not None:
+                leaf_level[active[huge]] = level
+            next_tables = codec.paddrs(found)
+            follow = ~hole & ~huge & (next_tables != 0)
+            active = active[follow]
+            tables = next_tables[follow]
+        return WalkBatch(va, entries, entry_paddrs, leaf_level, valid)
+
+    def query_many(self, vaddrs: object) -> QueryBatch:
+        """Vectorised `query`: arrays of physical address, flags, page size and a mapped mask."""
+        walk = self.walk_many(vaddrs)
+        count = len(walk.vaddrs)
+        has_leaf = walk.leaf_level >= 0
+        levels = np.where(has_leaf, walk.leaf_level, 0).astype(np.intp)
+        leaf = walk.entries[levels, np.arange(count)]
+        mapped = has_leaf & self.codec.present(leaf)
+        sizes_by_level = np.array([int(s) if s else 0 for s in self._size_of_level], dtype=np.uint64)
+        size = np.where(mapped, sizes_by_level[levels], np.uint64(0))
+        offset = walk.vaddrs & (size - np.uint64(1))
+        paddr = np.where(mapped, self.codec.paddrs(leaf) + offset, np.uint64(0))
+        flags = np.where(mapped, self.codec.flags_many(leaf), np.uint8(0))
+        return QueryBatch(paddr, flags, size, mapped)
+
+    # -- sharing and teardown ----------------------------------------------------------------
+    def copy_from(self, other: PageTable64, start: int, size: int) -> TlbFlushAll:
+        """Share `other`'s root entries covering `[start, start + size)` (the crate's
+        `copy_from`): the tables below them stay owned by `other` and are never freed by this
+        table. Tables this table owned under those entries are freed first."""
+        self._check_alive()
+        other._check_alive()
+        if type(other) is not type(self) or other.handler is not self.handler:
+            raise TypeError("copy_from needs a table of the same type on the same paging handler")
+        if _as_int("size", size) == 0:
+            return TlbFlushAll(self._flush_hook)
+        va = self._check_va(start)
+        length = _as_int("size", size)
+        last = va + length - 1
+        if length < 0 or not self.metadata.range_is_valid(va, last):
+            raise InvalidAddress(f"range [{va:#x}, {va + length:#x}) leaves the translated address range")
+        for index in range(self.index(va, 0), self.index(last, 0) + 1):
+            epa = self._root + index * 8
+            if index not in self._borrowed:
+                own = self._read(epa)
+                if self._is_pointer(own, 0):
+                    self._free_tree(self.codec.paddr(own), 1)
+                self._borrowed.add(index)
+            entry = other._read(other._root + index * 8)
+            self._write(epa, self._empty[0] if entry == other._empty[0] else entry)
+        return TlbFlushAll(self._flush_hook)
+
+    def _free_tree(self, table: int, level: int) -> None:
+        if level < self._last:
+            for entry in self.handler.read_words(table, ENTRY_COUNT).tolist():
+                if self._is_pointer(entry, level):
+                    self._free_tree(self.codec.paddr(entry), level + 1)
+        self.handler.dealloc_frame(table)
+
+    def table_frames(self) -> list[int]:
+        """Every frame this table owns (root, intermediate tables, shared helpers), sorted."""
+        self._check_alive()
+        frames = [self._root, *self._extra_frames]
+
+        def visit(table: int, level: int) -> None:
+            for entry in self.handler.read_words(table, ENTRY_COUNT).tolist():
+                if self._is_pointer(entry, level):
+                    frames.append(self.codec.paddr(entry))
+                    visit(self.codec.paddr(entry), level + 1)
+
+        for index, entry in enumerate(self.handler.read_words(self._root, ENTRY_COUNT).tolist()):
+            if index not in self._borrowed and self._is_pointer(entry, 0):
+                frames.append(self.codec.paddr(entry))
+                visit(self.codec.paddr(entry), 1)
+        return sorted(frames)
+
+    def free(self) -> None:
+        """Return every table frame to the handler: children first, root last (the crate's
+        `Drop`). Leaf frames are never freed. The table is unusable afterwards."""
+        if self._freed:
+            return
+        for index, entry in enumerate(self.handler.read_words(self._root, ENTRY_COUNT).tolist()):
+            if index not in self._borrowed and self._is_pointer(entry, 0):
+                self._free_tree(self.codec.paddr(entry), 1)
+        self.handler.dealloc_frame(self._root)
+        for frame in self._extra_frames:
+            self.handler.dealloc_frame(frame)
+        self._freed = True
+
+    def __enter__(self) -> PageTable64:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
+    def __repr__(self) -> str:
+        state = "freed" if self._freed else f"root={self._root:#x}"
+        return f"{type(self).__name__}({state})"

@@ -63,6 +63,19 @@ class PagingHandlerBase:
         return np.array([self.read_word(p) for p in paddrs.tolist()], dtype=np.uint64)
 
 
+class WordIndexer:
+    """`indexer[paddr >> 3]` reads the word at `paddr` through any handler's `read_word` (the
+    same indexing a memoryview of a RAM image at base 0 offers), for the tables' fast paths."""
+
+    __slots__ = ("_read",)
+
+    def __init__(self, handler: PagingHandler) -> None:
+        self._read = handler.read_word
+
+    def __getitem__(self, index: int) -> int:
+        return self._read(index << 3)
+
+
 class RamImage(PagingHandlerBase):
     """A RAM image at physical `base` of `size` bytes, with a lowest-address-first frame allocator.
 
@@ -152,25 +165,41 @@ class RamImage(PagingHandlerBase):
             raise ValueError("the RAM image is closed")
         return self._words
 
+    def _access_error(self, paddr: int) -> ValueError:
+        if self._words_mv is None:
+            return ValueError("the RAM image is closed")
+        return ValueError(
+            f"physical address {paddr:#x} is not an 8-byte aligned address inside the RAM "
+            f"image [{self.base:#x}, {self.base + self.size:#x})"
+        )
+
     def _index(self, paddr: int) -> int:
         offset = paddr - self.base
-        if offset < 0 or offset >= self.size or paddr & 7:
-            raise ValueError(
-                f"physical address {paddr:#x} is not an 8-byte aligned address inside the RAM "
-                f"image [{self.base:#x}, {self.base + self.size:#x})"
-            )
+        if offset < 0 or offset >= self.size or paddr & 7 or self._words is None:
+            raise self._access_error(paddr)
         return offset >> 3
+
+    def word_index(self) -> tuple[memoryview, int]:
+        """(memoryview of the words, base): `view[(paddr - base) >> 3]` is the word at `paddr`
+        for every paddr inside the image (callers check the lower bound)."""
+        if self._words_mv is None:
+            raise ValueError("the RAM image is closed")
+        return self._words_mv, self.base
 
     # -- word access -------------------------------------------------------------------------
     def read_word(self, paddr: int) -> int:
         """Read the 64-bit word at `paddr`."""
-        assert self._words_mv is not None, "the RAM image is closed"
-        return int(self._words_mv[self._index(paddr)])
+        offset = paddr - self.base
+        if offset < 0 or offset >= self.size or paddr & 7 or self._words_mv is None:
+            raise self._access_error(paddr)
+        return self._words_mv[offset >> 3]  # type: ignore[no-any-return]
 
     def write_word(self, paddr: int, value: int) -> None:
         """Write the 64-bit word at `paddr`."""
-        assert self._words_mv is not None, "the RAM image is closed"
-        self._words_mv[self._index(paddr)] = value
+        offset = paddr - self.base
+        if offset < 0 or offset >= self.size or paddr & 7 or self._words_mv is None:
+            raise self._access_error(paddr)
+        self._words_mv[offset >> 3] = value
 
     def read_words(self, paddr: int, count: int) -> U64:
         """A live view of `count` words from `paddr` (writes to it change RAM)."""
@@ -185,11 +214,15 @@ class RamImage(PagingHandlerBase):
 
     def gather_words(self, paddrs: U64) -> U64:
         """The word at each physical address of `paddrs` (all must lie inside the image)."""
-        offsets = paddrs - np.uint64(self.base)
-        if len(offsets) and (int(offsets.max()) >= self.size or int((paddrs & 7).max())):
-            bad = int(paddrs[(offsets >= self.size) | ((paddrs & 7) != 0)][0])
-            self._index(bad)  # raises with the message naming the address
-        return self.words[offsets >> np.uint64(3)]
+        index = (paddrs - np.uint64(self.base)) >> np.uint64(3)
+        try:
+            if len(paddrs) and bool((paddrs & np.uint64(7)).any()):
+                raise IndexError
+            return np.take(self.words, index, mode="raise")  # below base wraps to out of range
+        except IndexError:
+            offsets = paddrs - np.uint64(self.base)
+            bad = int(paddrs[(offsets >= np.uint64(self.size)) | ((paddrs & np.uint64(7)) != 0)][0])
+            raise self._access_error(bad) from None
 
     def fill(self, paddr: int, count: int, value: int) -> None:
         """Set `count` words from `paddr` to `value`."""

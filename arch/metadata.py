@@ -26,10 +26,19 @@ class PagingMetaData:
         """One past the highest physical address a leaf can point to."""
         return 1 << self.PA_MAX_BITS
 
+    @property
+    def top_shift(self) -> int:
+        """Valid addresses are those whose bits from `top_shift` up equal one of `valid_tops`."""
+        return self.VA_MAX_BITS - 1
+
+    @property
+    def valid_tops(self) -> frozenset[int]:
+        """The allowed values of `vaddr >> top_shift` (all zeros or all ones: sign extension)."""
+        return frozenset((0, MASK64 >> self.top_shift))
+
     def vaddr_is_valid(self, vaddr: int) -> bool:
         """Whether `vaddr` is translated by this table (canonical, and in its half if any)."""
-        top = vaddr >> (self.VA_MAX_BITS - 1)
-        return top == 0 or top == (MASK64 >> (self.VA_MAX_BITS - 1))
+        return 0 <= vaddr <= MASK64 and vaddr >> self.top_shift in self.valid_tops
 
     def range_is_valid(self, first: int, last: int) -> bool:
         """Whether every address of [first, last] is valid (no wrap, no non-canonical hole)."""

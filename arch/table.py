@@ -35,7 +35,7 @@ from .errors import (
 from .flags import MappingFlags, PageSize
 from .flush import TlbFlush, TlbFlushAll
 from .journal import Journal
-from .memory import U64, WORDS_PER_FRAME, PagingHandler
+from .memory import U64, WORDS_PER_FRAME, PagingHandler, WordIndexer
 from .metadata import MASK64, PagingMetaData
 
 ENTRY_COUNT = 512
@@ -108,6 +108,18 @@ class MappingList:
         return len(self.vaddr)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """`count` consecutive pages of `size` from `vaddr`; physically contiguous from `paddr`
+    unless `paddrs` lists each page's address."""
+
+    vaddr: int
+    size: PageSize
+    count: int
+    paddr: int
+    paddrs: U64 | None
+
+
 class _Atomic:
     """Context manager running one operation under a journal (re-entrant: the outermost wins)."""
 
@@ -166,7 +178,14 @@ class PageTable64:
             if depth < levels:
                 self._size_of_level[self._last - depth] = size
         self._level_of_size = {s: lv for lv, s in enumerate(self._size_of_level) if s is not None}
+        self._top_shift = self.metadata.top_shift
+        self._valid_tops = self.metadata.valid_tops
+        self._huge_mask = self.codec.HUGE_MASK
+        self._huge_when_set = self.codec.HUGE_WHEN_SET
+        self._present_mask, self._present_value = self.codec.PRESENT
         self._read = handler.read_word
+        word_index = getattr(handler, "word_index", None)
+        self._words, self._words_base = word_index() if word_index else (WordIndexer(handler), 0)
         self._write = handler.write_word
         self._journal: Journal | None = None
         self._atomic = _Atomic(self)
@@ -177,8 +196,10 @@ class PageTable64:
             self.codec.encode_pa(PAGE_4K)
         )
         self._empty = [0] * levels
+        self._empty_tables: dict[int, U64] = {}
         root = self._alloc_frame()
         self._empty = self._make_empty_entries()
+        self._directory_levels = tuple(zip(range(self._last), self._shifts, self._empty, strict=False))
         self._fill_table(root, 0)
         self._root = root
 
@@ -230,8 +251,8 @@ class PageTable64:
             raise PagingError("the page table was freed; it can no longer be used")
 
     def _check_va(self, vaddr: object) -> int:
-        va = _as_int("vaddr", vaddr)
-        if not 0 <= va <= MASK64 or not self.metadata.vaddr_is_valid(va):
+        va = vaddr if type(vaddr) is int else _as_int("vaddr", vaddr)
+        if va < 0 or va > MASK64 or (va >> self._top_shift) not in self._valid_tops:
             raise InvalidAddress(
                 f"virtual address {va:#x} is not translated by this table: "
                 f"{self.metadata.describe_va_rule()}"
@@ -281,7 +302,16 @@ class PageTable64:
         return frame
 
     def _fill_table(self, table: int, level: int) -> None:
-        self.handler.write_words(table, np.full(WORDS_PER_FRAME, self._empty[level], dtype=np.uint64))
+        self.handler.write_words(table, self._empty_table(level))
+
+    def _empty_table(self, level: int) -> U64:
+        """A read-only array of 512 empty entries for `level` (cached)."""
+        cached = self._empty_tables.get(level)
+        if cached is None or int(cached[0]) != self._empty[level]:
+            cached = np.full(WORDS_PER_FRAME, self._empty[level], dtype=np.uint64)
+            cached.flags.writeable = False
+            self._empty_tables[level] = cached
+        return cached
 
     def _set(self, epa: int, value: int) -> None:
         if self._journal is not None:
@@ -305,26 +335,38 @@ class PageTable64:
 
     def _find(self, va: int) -> tuple[int, int, int]:
         """Follow table pointers from the root; return (entry address, entry, level) of the first
-        entry that is not a pointer (a leaf, a hole or garbage)."""
-        read = self._read
-        codec = self.codec
-        empty = self._empty
-        last = self._last
-        table = self._root
-        for level, shift in enumerate(self._shifts):
-            epa = table + (((va >> shift) & 511) << 3)
-            entry = read(epa)
-            if level == last or entry == empty[level] or codec.is_huge(entry):
-                return epa, entry, level
-            table = codec.paddr(entry)
-            if table == 0:  # crate: a pointer to physical 0 counts as not mapped
-                return epa, entry, level
-        raise AssertionError("unreachable")
+        entry that is not a pointer (a leaf, a hole or garbage). The hot path of every scalar
+        operation, so it works on word indexes into the handler's memory."""
+        words = self._words
+        base_index = self._words_base >> 3
+        pa_field = self.codec.PA_FIELD
+        index_shift = 3 - self.codec.PA_SHIFT  # entry address field -> word index
+        huge_mask = self._huge_mask
+        huge_flip = 0 if self._huge_when_set else huge_mask  # (entry & mask) ^ flip != 0: huge
+        index = (self._root >> 3) - base_index
+        try:
+            for level, shift, empty in self._directory_levels:
+                slot = index + ((va >> shift) & 511)
+                entry = words[slot]
+                if entry == empty or (entry & huge_mask) ^ huge_flip:
+                    return (slot + base_index) << 3, entry, level
+                target = entry & pa_field
+                if not target:  # crate: a pointer to physical 0 counts as not mapped
+                    return (slot + base_index) << 3, entry, level
+                index = (target >> index_shift) - base_index
+                if index < 0:
+                    raise IndexError
+            slot = index + ((va >> 12) & 511)
+            return (slot + base_index) << 3, words[slot], self._last
+        except IndexError:
+            raise ValueError(
+                f"the walk of {va:#x} reached an entry outside the paging handler's memory"
+            ) from None
 
     def _leaf(self, va: int) -> tuple[int, int, int, PageSize]:
         """The present leaf translating `va`: (entry address, entry, level, size)."""
         epa, entry, level = self._find(va)
-        if not self._is_leaf(entry, level) or not self.codec.is_present(entry):
+        if (entry & self._present_mask) != self._present_value or not self._is_leaf(entry, level):
             raise NotMapped(f"virtual address {va:#x} is not mapped")
         size = self._size_of_level[level]
         if size is None:
@@ -398,10 +440,12 @@ class PageTable64:
 
         Raises NotMapped unless a present leaf translates `vaddr`.
         """
-        self._check_alive()
+        if self._freed:
+            self._check_alive()
         va = self._check_va(vaddr)
         _, entry, _, size = self._leaf(va)
-        return self.codec.paddr(entry) + (va & (size - 1)), self.codec.flags(entry), size
+        codec = self.codec
+        return ((entry & codec.PA_FIELD) << codec.PA_SHIFT) + (va & (size - 1)), codec.flags(entry), size
 
     def unmap(self, vaddr: int, *, free_empty_tables: bool = False) -> UnmapResult:
         """Remove the whole (huge) page that maps `vaddr`; return its base PA, flags and size.
@@ -465,12 +509,12 @@ class PageTable64:
         elif not callable(paddr):
             raise TypeError(f"paddr must be an integer or a callable, not {type(paddr).__name__}")
         with self._atomic:
-            for run_va, page_size, pas in self._plan(va, paddr, length, allow_huge):
-                if page_size is PageSize.SIZE_4K:
-                    self._fill_4k(run_va, pas, flags)
+            for run in self._plan(va, paddr, length, allow_huge):
+                if run.size is PageSize.SIZE_4K:
+                    self._fill_4k(run, flags)
                 else:
-                    for i, pa in enumerate(pas.tolist()):
-                        self._map_huge(run_va + i * page_size, pa, page_size, flags)
+                    for i in range(run.count):
+                        self._map_huge(run.vaddr + i * run.size, run.paddr + i * run.size, run.size, flags)
         return TlbFlushAll(self._flush_hook)
 
     def _pick_size(self, va: int, pa: int, remaining: int, allow_huge: bool) -> PageSize:
@@ -485,10 +529,8 @@ class PageTable64:
                     return size
         return PageSize.SIZE_4K
 
-    def _plan(
-        self, va: int, paddr: PaddrSource, length: int, allow_huge: bool
-    ) -> Iterator[tuple[int, PageSize, U64]]:
-        """Runs of equal-sized pages: (first vaddr, page size, physical address of each page)."""
+    def _plan(self, va: int, paddr: PaddrSource, length: int, allow_huge: bool) -> Iterator[_Run]:
+        """Runs of equal-sized pages, in the order the crate would map them one by one."""
         end = va + length
         if not callable(paddr):
             offset = int(paddr) - va  # linear: pa = va + offset
@@ -501,8 +543,7 @@ class PageTable64:
                         steps = ((-va) % bigger) // size
                         if steps:
                             count = min(count, steps)
-                pas = np.uint64(va + offset) + np.arange(count, dtype=np.uint64) * np.uint64(size)
-                yield va, size, pas
+                yield _Run(va, size, count, va + offset, None)
                 va += count * size
             return
         pending: list[int] = []
@@ -516,12 +557,12 @@ class PageTable64:
                 pending.append(pa & ~(PAGE_4K - 1))
             else:
                 if pending:
-                    yield pending_va, PageSize.SIZE_4K, np.array(pending, dtype=np.uint64)
+                    yield _Run(pending_va, PageSize.SIZE_4K, len(pending), pending[0], np.array(pending, dtype=np.uint64))
                     pending = []
-                yield va, size, np.array([pa], dtype=np.uint64)
+                yield _Run(va, size, 1, pa & ~(size - 1), None)
             va += size
         if pending:
-            yield pending_va, PageSize.SIZE_4K, np.array(pending, dtype=np.uint64)
+            yield _Run(pending_va, PageSize.SIZE_4K, len(pending), pending[0], np.array(pending, dtype=np.uint64))
 
     def _map_huge(self, va: int, pa: int, size: PageSize, flags: MappingFlags) -> None:
         level = self._level_of_size[size]
@@ -531,33 +572,34 @@ class PageTable64:
             raise AlreadyMapped(f"the {size.label} slot for {va:#x} is in use (entry {self._read(epa):#x})")
         self._set(epa, self.codec.page(pa & ~(size - 1), flags, size))
 
-    def _fill_4k(self, va: int, pas: U64, flags: MappingFlags) -> None:
-        """Write 4K leaves for consecutive pages from `va`, a whole leaf table slice at a time."""
-        template = np.uint64(self.codec.template(flags, PageSize.SIZE_4K))
+    def _fill_4k(self, run: _Run, flags: MappingFlags) -> None:
+        """Write 4K leaves for the pages of `run`, a whole leaf table slice at a time."""
+        template = self.codec.template(flags, PageSize.SIZE_4K)
+        codec = self.codec
         last = self._last
-        empty = self._empty[last]
+        empty = np.uint64(self._empty[last])
         handler = self.handler
-        count = len(pas)
-        linear = count > 1 and int(pas[-1]) - int(pas[0]) == (count - 1) * PAGE_4K
         done = 0
-        while done < count:
-            cva = va + done * PAGE_4K
+        while done < run.count:
+            cva = run.vaddr + done * PAGE_4K
             index = (cva >> 12) & 511
-            chunk = min(ENTRY_COUNT - index, count - done)
+            chunk = min(ENTRY_COUNT - index, run.count - done)
             table, fresh = self._table_at(cva, last)
             epa = table + index * 8
             if not fresh:
                 current = handler.read_words(epa, chunk)
-                busy = current != np.uint64(empty)
+                busy = current != empty
                 if busy.any():
                     first = cva + int(np.argmax(busy)) * PAGE_4K
                     raise AlreadyMapped(f"the 4K slot for {first:#x} is in use")
                 if self._journal is not None:
                     self._journal.run(epa, current)
-            if linear:
-                values = self._steps_4k[:chunk] + (template | np.uint64(self.codec.encode_pa(int(pas[done]))))
+            if run.paddrs is None:
+                first_entry = template | codec.encode_pa(run.paddr + done * PAGE_4K)
+                values = self._steps_4k[:chunk] + np.uint64(first_entry)
             else:
-                values = template | ((pas[done : done + chunk] >> np.uint64(self.codec.PA_SHIFT)) & np.uint64(self.codec.PA_FIELD))
+                pas = run.paddrs[done : done + chunk]
+                values = np.uint64(template) | ((pas >> np.uint64(codec.PA_SHIFT)) & np.uint64(codec.PA_FIELD))
             handler.write_words(epa, values)
             done += chunk
 
@@ -585,7 +627,7 @@ class PageTable64:
                     raise NotMapped(f"virtual address {cur + int(np.argmin(mapped)) * PAGE_4K:#x} is not mapped")
                 if self._journal is not None:
                     self._journal.run(epa, current)
-                self.handler.write_words(epa, np.full(chunk, self._empty[level], dtype=np.uint64))
+                self.handler.write_words(epa, self._empty_table(level)[:chunk])
                 touched.append((cur, level))
                 cur += chunk * PAGE_4K
         if free_empty_tables:
@@ -734,48 +776,87 @@ class PageTable64:
         """Walk the table for every address at once (numpy); see `WalkBatch`."""
         self._check_alive()
         va = np.ascontiguousarray(vaddrs, dtype=np.uint64).reshape(-1)
+        entries = np.zeros((self._levels, len(va)), dtype=np.uint64)
+        slots = np.zeros((self._levels, len(va)), dtype=np.uint64)
+        valid, leaf_level, _ = self._walk_batch(va, entries, slots)
+        return WalkBatch(va, entries, slots << np.uint64(3), leaf_level, valid)
+
+    def _gather(self, slots: U64) -> U64:
+        """Words at the given word indexes of the handler's memory (index 0 = its base)."""
+        words = getattr(self.handler, "words", None)
+        try:
+            if isinstance(words, np.ndarray):
+                return np.take(words, slots, mode="raise")  # a slot below base wraps out of range
+            return self.handler.gather_words((slots << np.uint64(3)) + np.uint64(self._words_base))
+        except IndexError:
+            raise ValueError("a batch walk reached an entry outside the paging handler's memory") from None
+
+    def _walk_batch(
+        self, va: U64, entries: U64 | None = None, slots: U64 | None = None
+    ) -> tuple[np.ndarray, np.ndarray, U64]:
+        """Walk every address; return (valid mask, leaf level or -1, leaf entry or 0).
+
+        When `entries`/`slots` (levels x n) are given, every entry read and its word index are
+        recorded there too. Addresses still walking are kept in a compacted index array only
+        once some have stopped, so a fully mapped batch is walked without copies.
+        """
         count = len(va)
         valid = self.metadata.vaddrs_valid(va)
-        entries = np.zeros((self._levels, count), dtype=np.uint64)
-        entry_paddrs = np.zeros((self._levels, count), dtype=np.uint64)
         leaf_level = np.full(count, -1, dtype=np.int8)
-        active = np.flatnonzero(valid)
-        tables = np.full(len(active), self._root, dtype=np.uint64)
+        leaf_entry = np.zeros(count, dtype=np.uint64)
+        active: np.ndarray | None = None if valid.all() else np.flatnonzero(valid)
+        base_slot = np.uint64(self._words_base >> 3)
+        tables: U64 | np.uint64 = np.uint64(self._root >> 3) - base_slot
         codec = self.codec
+        index_shift = np.uint64(3 - codec.PA_SHIFT)
         for level, shift in enumerate(self._shifts):
-            if not len(active):
+            walking = va if active is None else va[active]
+            if not len(walking):
                 break
-            epa = tables + (((va[active] >> np.uint64(shift)) & np.uint64(511)) << np.uint64(3))
-            found = self.handler.gather_words(epa)
-            entries[level, active] = found
-            entry_paddrs[level, active] = epa
+            slot = tables + ((walking >> np.uint64(shift)) & np.uint64(511))
+            found = self._gather(slot)
+            where = slice(None) if active is None else active
+            if entries is not None and slots is not None:
+                entries[level, where] = found
+                slots[level, where] = slot + base_slot
             hole = found == np.uint64(self._empty[level])
             if level == self._last:
-                leaf_level[active[~hole]] = level
+                stop = ~hole
+                if active is None and stop.all():
+                    leaf_level[:] = level
+                    leaf_entry[:] = found
+                else:
+                    target = np.flatnonzero(stop) if active is None else active[stop]
+                    leaf_level[target] = level
+                    leaf_entry[target] = found[stop]
                 break
             huge = codec.huge(found) & ~hole
-            if self._size_of_level[level] is not None:
-                leaf_level[active[huge]] = level
-            next_tables = codec.paddrs(found)
-            follow = ~hole & ~huge & (next_tables != 0)
-            active = active[follow]
-            tables = next_tables[follow]
-        return WalkBatch(va, entries, entry_paddrs, leaf_level, valid)
+            if self._size_of_level[level] is not None and huge.any():
+                target = np.flatnonzero(huge) if active is None else active[huge]
+                leaf_level[target] = level
+                leaf_entry[target] = found[huge]
+            address_field = found & np.uint64(codec.PA_FIELD)
+            follow = ~hole & ~huge & (address_field != 0)
+            next_tables = (address_field >> index_shift) - base_slot
+            if follow.all():
+                tables = next_tables
+                continue
+            keep = np.flatnonzero(follow)
+            active = keep if active is None else active[keep]
+            tables = next_tables[keep]
+        return valid, leaf_level, leaf_entry
 
     def query_many(self, vaddrs: object) -> QueryBatch:
         """Vectorised `query`: arrays of physical address, flags, page size and a mapped mask."""
-        walk = self.walk_many(vaddrs)
-        count = len(walk.vaddrs)
-        has_leaf = walk.leaf_level >= 0
-        levels = np.where(has_leaf, walk.leaf_level, 0).astype(np.intp)
-        leaf = walk.entries[levels, np.arange(count)]
-        mapped = has_leaf & self.codec.present(leaf)
-        sizes_by_level = np.array([int(s) if s else 0 for s in self._size_of_level], dtype=np.uint64)
-        size = np.where(mapped, sizes_by_level[levels], np.uint64(0))
-        offset = walk.vaddrs & (size - np.uint64(1))
-        paddr = np.where(mapped, self.codec.paddrs(leaf) + offset, np.uint64(0))
-        flags = np.where(mapped, self.codec.flags_many(leaf), np.uint8(0))
-        return QueryBatch(paddr, flags, size, mapped)
+        self._check_alive()
+        va = np.ascontiguousarray(vaddrs, dtype=np.uint64).reshape(-1)
+        _, leaf_level, leaf = self._walk_batch(va)
+        mapped = (leaf_level >= 0) & self.codec.present(leaf)
+        sizes_by_level = np.array([int(s) if s else 0 for s in self._size_of_level] + [0], dtype=np.uint64)
+        size = sizes_by_level[leaf_level] * mapped  # level -1 picks the trailing 0
+        paddr = (self.codec.paddrs(leaf) + (va & (size - np.uint64(1)))) * mapped
+        flags = self.codec.flags_many(leaf) * mapped
+        return QueryBatch(paddr, flags.astype(np.uint8), size, mapped)
 
     # -- sharing and teardown ----------------------------------------------------------------
     def copy_from(self, other: PageTable64, start: int, size: int) -> TlbFlushAll:

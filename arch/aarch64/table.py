@@ -36,9 +36,14 @@ class A64MetaData(PagingMetaData):
         self.va_range = va_range
         self._top = UPPER_TOP if va_range is VaRange.UPPER else 0
 
-    def vaddr_is_valid(self, vaddr: int) -> bool:
-        # crate accepts either top (0 or 0xffff) for any table; one table serves one TTBR
-        return vaddr >> 48 == self._top
+    # crate accepts either top (0 or 0xffff) for any table; here one table serves one TTBR
+    @property
+    def top_shift(self) -> int:
+        return 48
+
+    @property
+    def valid_tops(self) -> frozenset[int]:
+        return frozenset((self._top,))
 
     def range_is_valid(self, first: int, last: int) -> bool:
         return first <= last and self.vaddr_is_valid(first) and self.vaddr_is_valid(last)

@@ -736,40 +736,41 @@ class PageTable64:
                 break
 
     def mappings(self) -> MappingList:
-        """Every present leaf, in address order (vectorised per table)."""
+        """Every present leaf, in address order: the tables are read level by level, all tables
+        of a level in one numpy gather."""
         self._check_alive()
-        parts: list[tuple[U64, U64, np.ndarray, U64]] = []
-        self._collect(self._root, 0, 0, parts)
-        if not parts:
+        codec = self.codec
+        offsets = np.arange(ENTRY_COUNT, dtype=np.uint64)
+        tables = np.array([(self._root - self._words_base) >> 3], dtype=np.uint64)  # word index
+        bases = np.zeros(1, dtype=np.uint64)  # raw VA covered by each table
+        found: list[tuple[U64, U64, U64]] = []
+        for level, shift in enumerate(self._shifts):
+            if not len(tables):
+                break
+            slots = (tables[:, None] + offsets[None, :]).reshape(-1)
+            entries = self._gather(slots)
+            raw = (bases[:, None] + (offsets[None, :] << np.uint64(shift))).reshape(-1)
+            used = entries != np.uint64(self._empty[level])
+            size = self._size_of_level[level]
+            huge = used if level == self._last else used & codec.huge(entries)
+            leaf = huge & codec.present(entries) if size is not None else np.zeros(len(entries), dtype=bool)
+            if leaf.any():
+                found.append((raw[leaf], entries[leaf], np.full(int(leaf.sum()), int(size or 0), dtype=np.uint64)))
+            if level == self._last:
+                break
+            address_field = entries & np.uint64(codec.PA_FIELD)
+            pointer = used & ~huge & (address_field != 0)
+            tables = (address_field[pointer] >> np.uint64(3 - codec.PA_SHIFT)) - np.uint64(self._words_base >> 3)
+            bases = raw[pointer]
+        if not found:
             empty = np.zeros(0, dtype=np.uint64)
             return MappingList(empty, empty, np.zeros(0, dtype=np.uint8), empty)
-        return MappingList(*(np.concatenate(column) for column in zip(*parts)))
-
-    def _collect(self, table: int, level: int, base: int, parts: list[tuple[U64, U64, np.ndarray, U64]]) -> None:
-        entries = np.array(self.handler.read_words(table, ENTRY_COUNT))
-        codec = self.codec
-        not_empty = entries != np.uint64(self._empty[level])
-        if level == self._last:
-            leaf = not_empty
-            pointers = np.zeros(ENTRY_COUNT, dtype=bool)
-        else:
-            huge = codec.huge(entries) & not_empty
-            leaf = huge if self._size_of_level[level] is not None else np.zeros(ENTRY_COUNT, dtype=bool)
-            pointers = not_empty & ~huge & (codec.paddrs(entries) != 0)
-        leaf &= codec.present(entries)
-        if leaf.any():
-            index = np.flatnonzero(leaf).astype(np.uint64)
-            raw = np.uint64(base) + (index << np.uint64(self._shifts[level]))
-            size = self._size_of_level[level]
-            assert size is not None
-            parts.append((
-                self.metadata.canonical_many(raw),
-                codec.paddrs(entries[leaf]),
-                codec.flags_many(entries[leaf]),
-                np.full(len(index), int(size), dtype=np.uint64),
-            ))
-        for index in np.flatnonzero(pointers).tolist():
-            self._collect(codec.paddr(int(entries[index])), level + 1, base + (index << self._shifts[level]), parts)
+        raw_vaddrs, entries, sizes = (np.concatenate(column) for column in zip(*found, strict=True))
+        order = np.argsort(raw_vaddrs, kind="stable")
+        raw_vaddrs, entries, sizes = raw_vaddrs[order], entries[order], sizes[order]
+        return MappingList(
+            self.metadata.canonical_many(raw_vaddrs), codec.paddrs(entries), codec.flags_many(entries), sizes
+        )
 
     # -- batch queries -----------------------------------------------------------------------
     def walk_many(self, vaddrs: object) -> WalkBatch:
@@ -851,6 +852,16 @@ class PageTable64:
         self._check_alive()
         va = np.ascontiguousarray(vaddrs, dtype=np.uint64).reshape(-1)
         _, leaf_level, leaf = self._walk_batch(va)
+        return self._resolve(va, leaf_level, leaf)
+
+    def query_walk(self, walk: WalkBatch) -> QueryBatch:
+        """What `query_many(walk.vaddrs)` returns, computed from an existing walk."""
+        count = len(walk.vaddrs)
+        levels = np.where(walk.leaf_level >= 0, walk.leaf_level, 0).astype(np.intp)
+        leaf = walk.entries[levels, np.arange(count)] if count else np.zeros(0, dtype=np.uint64)
+        return self._resolve(walk.vaddrs, walk.leaf_level, leaf)
+
+    def _resolve(self, va: U64, leaf_level: np.ndarray, leaf: U64) -> QueryBatch:
         mapped = (leaf_level >= 0) & self.codec.present(leaf)
         sizes_by_level = np.array([int(s) if s else 0 for s in self._size_of_level] + [0], dtype=np.uint64)
         size = sizes_by_level[leaf_level] * mapped  # level -1 picks the trailing 0

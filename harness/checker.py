@@ -1,0 +1,256 @@
+"""The checker: predicts every probe's outcome from `query()` plus the architecture's
+permission model, runs the probes on the real (emulated) MMU, and compares.
+
+A probe succeeds in prediction and observation alike only if the access completed at the
+predicted physical address (a load must return the tag of that address, a fetch must trap on the
+tag at the probe address, a store must land in that word); a predicted fault must carry the exact
+cause and fault address. Everything else is a mismatch, unless a known emulator deviation of the
+running QEMU version accounts for it, in which case it is reported as that deviation.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from arch import MappingFlags
+from arch.permissions import FETCH, LOAD, STORE, Prediction
+
+from . import mailbox as mb
+from .profile import Comparison, OptionSet, Profile, Variant
+from .session import GuestSession
+from .tableset import TableSet
+
+MAX_KEPT_MISMATCHES = 50
+HOLE_SPANS = (0x1000, 0x20_0000, 0x4000_0000, 0x80_0000_0000)
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One probe whose observation differs from the prediction."""
+
+    vaddr: int
+    access: str
+    option_set: str
+    predicted_ok: bool
+    predicted_paddr: int | None
+    predicted_cause: int
+    predicted_addr: int
+    observed_ok: bool
+    observed_value: int
+    observed_cause: int
+    observed_addr: int
+    reason: str
+
+
+@dataclass
+class CheckStats:
+    """Totals of one or more checks on one variant."""
+
+    pages: int = 0
+    probes: int = 0
+    mismatches: int = 0
+    skipped: int = 0
+    deviations: Counter[str] = field(default_factory=Counter)
+    kept: list[Mismatch] = field(default_factory=list)
+    guest_seconds: float = 0.0
+
+    def add_mismatches(self, found: list[Mismatch]) -> None:
+        """Count mismatches, keeping the first few for the report."""
+        self.mismatches += len(found)
+        room = MAX_KEPT_MISMATCHES - len(self.kept)
+        self.kept.extend(found[: max(room, 0)])
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Virtual addresses and access kinds to probe under every option set of a check."""
+
+    vaddrs: np.ndarray
+    access: np.ndarray
+
+
+def _unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (a sort beats numpy's hash-based unique for uint64 here)."""
+    ordered = np.sort(values)
+    keep = np.ones(len(ordered), dtype=bool)
+    keep[1:] = ordered[1:] != ordered[:-1]
+    return ordered[keep]
+
+
+class Checker:
+    """Checks a table set against the guest of one session."""
+
+    def __init__(self, profile: Profile, variant: Variant, session: GuestSession, tables: TableSet) -> None:
+        self.profile = profile
+        self.variant = variant
+        self.session = session
+        self.tables = tables
+        self.model = profile.model_for(variant)
+        version = session.machine.version
+        self.deviations = [d for d in profile.deviations if d.applies_to(version, variant.name)]
+        self.reserved = profile.reserved_ranges(session.image)
+        self.stats = CheckStats()
+
+    # -- probe selection ---------------------------------------------------------------------
+    def probe_set(self, full: bool, rng: np.random.Generator) -> tuple[ProbeSet, int]:
+        """What to probe: every mapped page (both boundary words for a full check, one random
+        word otherwise), holes next to them at every level, and non-canonical addresses."""
+        mapped = self.tables.mappings()
+        keep = ~self._reserved(mapped.vaddr)
+        starts, sizes = mapped.vaddr[keep], mapped.size[keep]
+        if full:
+            words = np.concatenate([starts, starts + sizes - np.uint64(8)])
+            holes = np.concatenate([starts - np.uint64(8), starts + sizes] + [starts ^ np.uint64(s) for s in HOLE_SPANS])
+            holes = holes[~self.tables.query_many(holes).mapped & ~self._reserved(holes)]
+            extra = np.array(self.profile.non_canonical_addresses(self.tables.primary.metadata.VA_MAX_BITS), dtype=np.uint64)
+            extra = extra[self.tables.owner_index(extra) < 0]
+            vaddrs = _unique(np.concatenate([words, holes, extra]))
+            kinds = (LOAD, STORE, FETCH)
+        else:
+            offsets = (rng.integers(0, 1 << 62, len(starts), dtype=np.uint64) % (sizes >> np.uint64(3))) << np.uint64(3)
+            holes = _unique(starts + sizes)
+            holes = holes[~self.tables.query_many(holes).mapped & ~self._reserved(holes)]
+            vaddrs = np.concatenate([starts + offsets, holes])
+            kinds = (LOAD,)
+        access = np.repeat(np.array(kinds, dtype=np.uint8), len(vaddrs))
+        return ProbeSet(np.tile(vaddrs, len(kinds)), access), int(keep.sum())
+
+    def _reserved(self, vaddrs: np.ndarray) -> np.ndarray:
+        hit = np.zeros(len(vaddrs), dtype=bool)
+        for start, end in self.reserved:
+            hit |= (vaddrs >= np.uint64(start)) & (vaddrs < np.uint64(end))
+        return hit
+
+    # -- running -----------------------------------------------------------------------------
+    def check(self, full: bool = True, seed: int = 0) -> None:
+        """Probe everything mapped so far (plus holes) under every option set."""
+        rng = np.random.default_rng(seed)
+        probes, pages = self.probe_set(full, rng)
+        self.stats.pages += pages
+        walk = self.tables.walk_many(probes.vaddrs)
+        query = self.tables.query_walk(walk)
+        for option_set in self.profile.option_sets(full):
+            self._install_guest_mappings(option_set)
+            prediction = self.model.predict(self.tables.primary, walk, probes.access, option_set.user, option_set.bits)
+            comparison_base = dict(
+                vaddrs=probes.vaddrs, access=probes.access, user=option_set.user, options=option_set.bits,
+                predicted=prediction, paddr=query.paddr, mapped=query.mapped, flags=query.flags,
+            )
+            unsafe = self._unsafe(comparison_base)
+            for stores in (False, True):
+                selected = np.flatnonzero(((probes.access == STORE) == stores) & ~unsafe)
+                self._run(selected, probes, query.paddr, query.mapped, prediction, option_set, comparison_base)
+
+    def _unsafe(self, base: dict[str, object]) -> np.ndarray:
+        count = len(base["vaddrs"])  # type: ignore[arg-type]
+        unsafe = np.zeros(count, dtype=bool)
+        empty = np.zeros(count, dtype=np.uint64)
+        comparison = Comparison(**base, observed_ok=np.zeros(count, dtype=bool), observed_cause=empty,  # type: ignore[arg-type]
+                                observed_value=empty, observed_addr=empty)
+        for deviation in self.deviations:
+            if deviation.unsafe is not None:
+                hit = deviation.unsafe(comparison) & ~unsafe
+                self.stats.deviations[deviation.key] += int(hit.sum())
+                self.stats.skipped += int(hit.sum())
+                unsafe |= hit
+        return unsafe
+
+    def _install_guest_mappings(self, option_set: OptionSet) -> None:
+        for vaddr, paddr, size, flags in self.profile.guest_mappings(self.session.image, option_set):
+            table = self.tables.table_for(vaddr)
+            try:
+                table.unmap_region(vaddr, size)
+            except Exception:  # noqa: BLE001 - not mapped yet: nothing to replace
+                pass
+            table.map_region(vaddr, paddr, size, MappingFlags(flags), allow_huge=True)
+
+    def _run(
+        self,
+        selected: np.ndarray,
+        probes: ProbeSet,
+        paddr: np.ndarray,
+        mapped: np.ndarray,
+        prediction: Prediction,
+        option_set: OptionSet,
+        base: dict[str, object],
+    ) -> None:
+        if not len(selected):
+            return
+        ram = self.session.ram
+        assert ram is not None
+        order = selected[np.argsort(probes.vaddrs[selected], kind="stable")]  # TLB-friendly order
+        low, high = self.profile.layout.data_window
+        for start in range(0, len(order), self.session.capacity):
+            chunk = order[start : start + self.session.capacity]
+            vaddrs = probes.vaddrs[chunk]
+            pas = paddr[chunk] & ~np.uint64(7)
+            taggable = mapped[chunk] & (pas >= np.uint64(low)) & (pas < np.uint64(high))
+            tag_pas = pas[taggable]
+            tags = mb.tag_words(tag_pas, self.profile.trap_instruction)
+            ram.words[(tag_pas - np.uint64(ram.base)) >> np.uint64(3)] = tags
+            words = mb.probe_words(vaddrs, probes.access[chunk])
+            started = time.perf_counter()
+            result = self.session.run_batch(self.tables.roots, words, option_set.bits)
+            self.stats.guest_seconds += time.perf_counter() - started
+            stored = ram.words[(tag_pas - np.uint64(ram.base)) >> np.uint64(3)].copy()
+            ram.words[(tag_pas - np.uint64(ram.base)) >> np.uint64(3)] = tags  # restore after stores
+            landed = np.zeros(len(chunk), dtype=bool)
+            landed[taggable] = stored == words[taggable]
+            self._compare(chunk, result, landed, prediction, option_set, base)
+            self.stats.probes += len(chunk)
+
+    # -- comparison --------------------------------------------------------------------------
+    def _compare(self, chunk, result, landed, prediction: Prediction, option_set: OptionSet, base) -> None:  # type: ignore[no-untyped-def]
+        vaddrs = base["vaddrs"][chunk]
+        access = base["access"][chunk]
+        paddr = base["paddr"][chunk]
+        predicted_ok = prediction.ok[chunk]
+        observed_ok = result.outcome == mb.OUTCOME_OK
+        expected_tag = mb.tag_words(paddr & ~np.uint64(7), self.profile.trap_instruction)
+        load_ok = (access == LOAD) & (result.value == expected_tag)
+        fetch_ok = (access == FETCH) & (result.value == vaddrs)
+        store_ok = (access == STORE) & landed
+        good_ok = predicted_ok & observed_ok & (load_ok | fetch_ok | store_ok)
+        good_fault = ~predicted_ok & ~observed_ok & (result.cause == prediction.cause[chunk]) & (result.addr == prediction.addr[chunk])
+        bad = ~(good_ok | good_fault)
+        if not bad.any():
+            return
+        observed = Comparison(
+            vaddrs=vaddrs, access=access, user=option_set.user, options=option_set.bits,
+            predicted=Prediction(predicted_ok, prediction.cause[chunk], prediction.addr[chunk]),
+            paddr=paddr, mapped=base["mapped"][chunk], flags=base["flags"][chunk],
+            observed_ok=observed_ok, observed_cause=result.cause, observed_value=result.value, observed_addr=result.addr,
+        )
+        for deviation in self.deviations:
+            if deviation.explains is not None:
+                hit = bad & deviation.explains(observed)
+                self.stats.deviations[deviation.key] += int(hit.sum())
+                bad &= ~hit
+        found = []
+        for i in np.flatnonzero(bad).tolist():
+            found.append(Mismatch(
+                vaddr=int(vaddrs[i]), access=mb.Access(int(access[i])).name.lower(), option_set=option_set.name,
+                predicted_ok=bool(predicted_ok[i]),
+                predicted_paddr=int(paddr[i]) if base["mapped"][chunk][i] else None,
+                predicted_cause=int(prediction.cause[chunk][i]), predicted_addr=int(prediction.addr[chunk][i]),
+                observed_ok=bool(observed_ok[i]), observed_value=int(result.value[i]),
+                observed_cause=int(result.cause[i]), observed_addr=int(result.addr[i]),
+                reason=self._reason(i, access, predicted_ok, observed_ok, result, landed),
+            ))
+        self.stats.add_mismatches(found)
+
+    def _reason(self, i, access, predicted_ok, observed_ok, result, landed) -> str:  # type: ignore[no-untyped-def]
+        if predicted_ok[i] and not observed_ok[i]:
+            return "predicted to succeed, but faulted"
+        if not predicted_ok[i] and observed_ok[i]:
+            return "predicted to fault, but succeeded"
+        if not predicted_ok[i]:
+            return "faulted with a different cause or address"
+        if access[i] == LOAD:
+            return f"load read the word of physical {mb.tag_paddr(int(result.value[i])):#x}"
+        if access[i] == STORE and not landed[i]:
+            return "store did not land at the predicted physical address"
+        return "fetch trapped at a different address"

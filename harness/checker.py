@@ -43,6 +43,7 @@ class Mismatch:
     observed_cause: int
     observed_addr: int
     reason: str
+    walk: tuple[str, ...] = ()
 
 
 @dataclass
@@ -78,6 +79,21 @@ def _unique(values: np.ndarray) -> np.ndarray:
     keep = np.ones(len(ordered), dtype=bool)
     keep[1:] = ordered[1:] != ordered[:-1]
     return ordered[keep]
+
+
+def _alias_rounds(keys: np.ndarray) -> list[np.ndarray]:
+    """Split positions into rounds in which no key repeats (the n-th occurrence of each key
+    goes to round n)."""
+    if not len(keys):
+        return []
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.ones(len(ordered), dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(ordered)), 0))
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[order] = np.arange(len(ordered)) - group_start
+    return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1)]
 
 
 class Checker:
@@ -140,9 +156,13 @@ class Checker:
                 predicted=prediction, paddr=query.paddr, mapped=query.mapped, flags=query.flags,
             )
             unsafe = self._unsafe(comparison_base)
-            for stores in (False, True):
-                selected = np.flatnonzero(((probes.access == STORE) == stores) & ~unsafe)
-                self._run(selected, probes, query.paddr, query.mapped, prediction, option_set, comparison_base)
+            loads_and_fetches = np.flatnonzero((probes.access != STORE) & ~unsafe)
+            self._run(loads_and_fetches, probes, query.paddr, query.mapped, prediction, option_set, comparison_base)
+            stores = np.flatnonzero((probes.access == STORE) & ~unsafe)
+            # two stores to one physical word in a batch would overwrite each other's evidence
+            store_words = np.where(query.mapped[stores], query.paddr[stores] & ~np.uint64(7), probes.vaddrs[stores])
+            for round_ in _alias_rounds(store_words):
+                self._run(stores[round_], probes, query.paddr, query.mapped, prediction, option_set, comparison_base)
 
     def _unsafe(self, base: dict[str, object]) -> np.ndarray:
         count = len(base["vaddrs"])  # type: ignore[arg-type]
@@ -239,8 +259,56 @@ class Checker:
                 observed_ok=bool(observed_ok[i]), observed_value=int(result.value[i]),
                 observed_cause=int(result.cause[i]), observed_addr=int(result.addr[i]),
                 reason=self._reason(i, access, predicted_ok, observed_ok, result, landed),
+                walk=self.describe_walk(int(vaddrs[i])) if len(self.stats.kept) + len(found) < MAX_KEPT_MISMATCHES else (),
             ))
         self.stats.add_mismatches(found)
+
+    def explain(self, vaddr: int) -> list[str]:
+        """Probe one address with every access under every option set; one line each with the
+        prediction beside what the MMU did."""
+        vaddrs = np.full(3, vaddr & ~7, dtype=np.uint64)
+        access = np.array([LOAD, STORE, FETCH], dtype=np.uint8)
+        walk = self.tables.walk_many(vaddrs)
+        query = self.tables.query_walk(walk)
+        ram = self.session.ram
+        assert ram is not None
+        low, high = self.profile.layout.data_window
+        pa = int(query.paddr[0]) & ~7
+        if query.mapped[0] and low <= pa < high:
+            ram.write_word(pa, int(mb.tag_words(np.array([pa], dtype=np.uint64), self.profile.trap_instruction)[0]))
+        rows = []
+        for option_set in self.profile.option_sets(True):
+            self._install_guest_mappings(option_set)
+            predicted = self.model.predict(self.tables.primary, walk, access, option_set.user, option_set.bits)
+            for i in range(3):
+                word = mb.probe_words(vaddrs[i : i + 1], access[i : i + 1])
+                result = self.session.run_batch(self.tables.roots, word, option_set.bits)
+                ok = int(result.outcome[0]) == mb.OUTCOME_OK
+                want = "ok" if predicted.ok[i] else self.profile.explain_cause(int(predicted.cause[i]))
+                got = f"ok (value {int(result.value[0]):#x})" if ok else self.profile.explain_cause(int(result.cause[0]))
+                agree = "agree" if ok == bool(predicted.ok[i]) and (ok or int(result.cause[0]) == int(predicted.cause[i])) else "DIFFER"
+                rows.append(f"  {option_set.name:<12}{mb.Access(i).name.lower():<6} predicted {want:<34} observed {got:<40} {agree}")
+                if query.mapped[0] and low <= pa < high:
+                    ram.write_word(pa, int(mb.tag_words(np.array([pa], dtype=np.uint64), self.profile.trap_instruction)[0]))
+        return rows
+
+    def describe_walk(self, vaddr: int) -> tuple[str, ...]:
+        """The library's walk of `vaddr`, level by level: entry address, raw bits, decoding."""
+        walk = self.tables.walk_many(np.array([vaddr], dtype=np.uint64))
+        if not walk.valid[0]:
+            return (f"{vaddr:#x} is not canonical for any table",)
+        table = self.tables.table_for(vaddr)
+        lines = []
+        leaf_level = int(walk.leaf_level[0])
+        for level in range(table.levels):
+            entry = int(walk.entries[level, 0])
+            where = int(walk.entry_paddrs[level, 0])
+            is_leaf = level == leaf_level
+            text = "empty: nothing mapped below" if entry == table.empty_entry(level) else table.codec.describe(entry, is_leaf)
+            lines.append(f"level {level} entry @{where:#x}: {text}")
+            if is_leaf or entry == table.empty_entry(level):
+                break
+        return tuple(lines)
 
     def _reason(self, i, access, predicted_ok, observed_ok, result, landed) -> str:  # type: ignore[no-untyped-def]
         if predicted_ok[i] and not observed_ok[i]:

@@ -11,8 +11,10 @@ How QEMU's gdbstub behaves (measured on QEMU 10.0.2, see also /work/shared/QEMU-
   and is dropped, so a packet sent to a running VM vanishes without an answer. This client tracks
   the run state it caused and refuses to talk to a VM it believes running: call `interrupt()`
   first (or use `paused()`). Do not stop or resume the VM behind its back (QMP `stop`/`cont`).
-- `m` reads translate through the page tables of the current CPU mode; after
-  `physical_mode(True)` they read guest physical memory. An address that cannot be read gives E14.
+- `m` reads translate through the page tables of the current CPU mode and give E14 for an address
+  that is unmapped or has no RAM behind it. After `physical_mode(True)` they read guest physical
+  memory, where an address without RAM reads as zeros, never E14. One `m` reads at most 2048 bytes
+  (E22 beyond).
 - No QStartNoAckMode: every packet is acknowledged. QEMU 7.2 may send an unsolicited stop reply
   (T02) on attach; stop replies that arrive unasked are acknowledged and recorded.
 - Registers (`p`) are read after fetching the target description (`qXfer:features:read`), which
@@ -104,7 +106,7 @@ class GdbClient:
     # ---- memory ---------------------------------------------------------------------------
 
     def read_memory(self, addr: int, size: int) -> bytes | None:
-        """Reads `size` bytes at `addr`; None when any of them cannot be read (E14)."""
+        """Reads `size` bytes at `addr` (any size); None when any of them cannot be read (E14)."""
         starts = range(addr, addr + size, _MAX_READ)
         lengths = [min(_MAX_READ, addr + size - start) for start in starts]
         replies = self._exchange([b"m%x,%x" % (start, n) for start, n in zip(starts, lengths, strict=True)])

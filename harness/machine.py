@@ -86,7 +86,11 @@ class MachineSpec:
 
 
 class Machine:
-    """One QEMU process; a context manager, or call start() and close() yourself."""
+    """One QEMU process; a context manager, or call start() and close() yourself.
+
+    Not thread-safe: use a Machine from one thread at a time, and not from inside a running
+    asyncio event loop (its QMP client runs a private loop).
+    """
 
     def __init__(self, spec: MachineSpec, kernel: Path | None, *, gdbstub: bool = False,
                  extra_args: Sequence[str] = (), start_timeout: float = 10.0) -> None:
@@ -117,14 +121,15 @@ class Machine:
         self._finalizer = weakref.finalize(self, instance.release)
         try:
             self._launch(instance)
-        except BaseException as err:
+        except Exception as err:
             message = f"{self.spec.binary} did not start: {err}"
-            if instance.proc is not None:
+            if instance.proc is not None and not isinstance(err, MachineError):
                 instance.settle()
-                message += instance.describe()
+                message += instance.describe()  # a GdbError already carries it
             self.close()
-            if isinstance(err, Exception):
-                raise MachineError(message) from err
+            raise MachineError(message) from err
+        except BaseException:
+            self.close()
             raise
 
     def _launch(self, instance: _Instance) -> None:
@@ -268,6 +273,8 @@ class _Instance:
             self.proc = _spawn(argv, timeout)
         except FileNotFoundError as err:
             raise MachineError(f"{argv[0]} not found (is QEMU installed?)") from err
+        except TimeoutError as err:
+            raise MachineError(f"{argv[0]} was not even forked within {timeout} s") from err
         assert self.proc.stdout is not None
         self.output = _OutputTail(self.proc.stdout)
 
@@ -326,8 +333,8 @@ class _Instance:
         if self.proc.poll() is None:
             try:
                 self.qmp.execute("quit", {}, _QUIT_TIMEOUT)
-            except QmpError:
-                pass  # QEMU is stuck or already gone; SIGKILL below
+            except Exception:  # stuck, gone, or the session broke (an interrupted call): SIGKILL below
+                pass
             try:
                 self.proc.wait(_QUIT_TIMEOUT)
             except subprocess.TimeoutExpired:

@@ -288,17 +288,17 @@ time.sleep(60)
 
 
 def test_harness_killed_takes_qemu_along() -> None:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(REPO)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None
-        ready, _, _ = select.select([child.stdout], [], [], 30)
-        assert ready, "the child did not start its Machine"
-        pid = int(child.stdout.readline())
-        maps = Path(f"/proc/{pid}/maps").read_text()
-        [workdir] = {Path(match).parent for match in re.findall(r"(/\S*ptcheck-\S+/ram)", maps)}
-    finally:
-        child.kill()
-        child.wait(10)
+    command = [sys.executable, "-c", CHILD, str(REPO)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None
+            ready, _, _ = select.select([child.stdout], [], [], 30)
+            assert ready, "the child did not start its Machine"
+            pid = int(child.stdout.readline())
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            [workdir] = {Path(match).parent for match in re.findall(r"(/\S*ptcheck-\S+/ram)", maps)}
+        finally:
+            child.kill()  # SIGKILL: the harness gets no chance to clean up
     wait_until(lambda: gone(pid), timeout=5)
     assert not workdir.exists()
 

@@ -1,0 +1,253 @@
+"""The command line: `python -m harness` / `ptcheck`.
+
+    ptcheck check    [--arch A[,B]|all] [--mode M[,N]] [--scenario FILE] [--json] [--seed N]
+    ptcheck scenario --arch A [--mode M] [--seed N]      print the built-in scenario as text
+    ptcheck dump     --arch A [--mode M] [--scenario F]  the tables a scenario builds (no QEMU)
+    ptcheck explain  --arch A --va VA [--mode M] [--scenario F]
+                                                         one address, every access and privilege,
+                                                         prediction beside the real MMU's answer
+
+Exit status: 0 when every check passed, 1 when something mismatched, 2 on errors (bad input,
+QEMU or guest failure, missing emulator).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterable
+from typing import TextIO
+
+from arch import PagingError, RamImage
+
+from .checker import Checker, CheckStats
+from .default_scenario import RANDOM_PAGES, default_scenario
+from .machine import MachineError
+from .profile import Profile, Variant
+from .profiles import available_arches, get_profile
+from .report import VariantReport, write_json, write_table
+from .runner import ScenarioRunner, apply_operation
+from .scenario import Operation, ScenarioError, parse_file, parse_number
+from .session import DEFAULT_BATCH_TIMEOUT, GuestSession
+from .tableset import TableSet
+
+EXIT_PASS, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
+
+
+class Progress:
+    """A one-line progress indicator on stderr (only when it is a terminal)."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled and stream.isatty()
+        self.prefix = ""
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            self.stream.write(f"\r\033[K{self.prefix}{message}")
+            self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _arch_list(value: str) -> list[str]:
+    if value == "all":
+        return available_arches()
+    arches = [part.strip() for part in value.split(",") if part.strip()]
+    for arch in arches:
+        get_profile(arch)  # ValueError naming the known ones
+    return arches
+
+
+def _variants(profile: Profile, value: str | None) -> list[Variant]:
+    if not value or value == "all":
+        return list(profile.variants.values())
+    chosen = []
+    for name in (part.strip() for part in value.split(",")):
+        if name not in profile.variants:
+            raise ValueError(f"{profile.arch} has no mode {name!r}: choose from {', '.join(profile.variants)}")
+        chosen.append(profile.variants[name])
+    return chosen
+
+
+def _operations(args: argparse.Namespace, profile: Profile, tables: TableSet) -> tuple[Iterable[Operation], str]:
+    if args.scenario:
+        return parse_file(args.scenario), args.scenario
+    return default_scenario(profile, tables, seed=args.seed, random_pages=args.random_pages), "<built-in scenario>"
+
+
+def check_variant(profile: Profile, variant: Variant, args: argparse.Namespace, progress: Progress) -> VariantReport:
+    """Boot the guest, run the scenario, and report."""
+    started = time.perf_counter()
+    progress.prefix = f"{profile.arch}/{variant.name}: "
+    progress("booting")
+    with GuestSession(profile, variant, batch_timeout=args.batch_timeout) as session:
+        runner = ScenarioRunner(profile, variant, session, seed=args.seed, progress=progress)
+        operations, source = _operations(args, profile, runner.tables)
+        runner.source = source
+        runner.run(operations)
+        session.power_off()
+        notes = {d.key: f"{d.summary} (QEMU {d.versions[0]}{'–' + d.versions[1] if d.versions[1] else '+'}; {d.reference})"
+                 for d in profile.deviations}
+        return VariantReport(profile.arch, variant.name, session.machine.version, runner.stats,
+                             time.perf_counter() - started, session.boot_seconds, notes)
+
+
+def command_check(args: argparse.Namespace) -> int:
+    reports: list[VariantReport] = []
+    profiles: dict[str, Profile] = {}
+    progress = Progress(sys.stderr, not args.json)
+    for arch in _arch_list(args.arch):
+        profile = profiles[arch] = get_profile(arch)
+        if not profile.available():
+            print(f"error: {profile.install_hint()}", file=sys.stderr)
+            return EXIT_ERROR
+        for variant in _variants(profile, args.mode):
+            try:
+                reports.append(check_variant(profile, variant, args, progress))
+            except ScenarioError:
+                progress.done()
+                raise
+            except MachineError as error:
+                reports.append(VariantReport(arch, variant.name, "?", CheckStats(), 0.0, 0.0, error=str(error)))
+    progress.done()
+    if args.json:
+        write_json(reports, sys.stdout)
+    else:
+        write_table(reports, profiles, sys.stdout)
+    if any(r.error for r in reports):
+        return EXIT_ERROR
+    return EXIT_PASS if all(r.passed for r in reports) else EXIT_MISMATCH
+
+
+def command_scenario(args: argparse.Namespace) -> int:
+    profile = get_profile(args.arch)
+    variant = _variants(profile, args.mode)[0]
+    tables = variant.make_tables(_scratch_ram(profile))
+    for operation in default_scenario(profile, tables, seed=args.seed, random_pages=args.random_pages):
+        print(operation.describe())
+    return EXIT_PASS
+
+
+def _scratch_ram(profile: Profile) -> RamImage:
+    """A RAM image shaped like the guest's, for building tables without QEMU."""
+    return RamImage(profile.ram_base, profile.ram_size, pool=profile.layout.table_pool)
+
+
+def _build_offline(args: argparse.Namespace) -> tuple[Profile, TableSet]:
+    """Apply a scenario's operations (checks ignored) to tables in a scratch RAM image."""
+    profile = get_profile(args.arch)
+    variant = _variants(profile, args.mode)[0]
+    tables = variant.make_tables(_scratch_ram(profile))
+    operations, source = _operations(args, profile, tables)
+    for operation in operations:
+        if operation.kind == "check":
+            continue
+        try:
+            apply_operation(tables, profile, [], operation)
+        except (PagingError, ValueError, TypeError) as error:
+            raise ScenarioError(source, operation.line, 1, f"{operation.describe()}: {error}") from None
+    return profile, tables
+
+
+def command_dump(args: argparse.Namespace) -> int:
+    profile, tables = _build_offline(args)
+    for index, table in enumerate(tables.tables):
+        print(f"# table {index}: {type(table).__name__} root {table.root_paddr:#x}")
+
+        def show(level: int, slot: int, vaddr: int, entry: int, table=table) -> None:  # type: ignore[no-untyped-def]
+            leaf = level == table.levels - 1 or (table.size_of_level(level) is not None and table.codec.is_huge(entry))
+            print(f"{'  ' * level}L{level}[{slot:3}] {vaddr:#018x}: {table.codec.describe(entry, leaf)}")
+
+        table.walk(pre=show)
+    return EXIT_PASS
+
+
+def command_explain(args: argparse.Namespace) -> int:
+    profile = get_profile(args.arch)
+    if not profile.available():
+        print(f"error: {profile.install_hint()}", file=sys.stderr)
+        return EXIT_ERROR
+    va = parse_number(args.va)
+    variant = _variants(profile, args.mode)[0]
+    with GuestSession(profile, variant, batch_timeout=args.batch_timeout) as session:
+        runner = ScenarioRunner(profile, variant, session, seed=args.seed)
+        operations, _ = _operations(args, profile, runner.tables)
+        for operation in operations:
+            if operation.kind != "check":
+                runner.apply(operation)
+        checker: Checker = runner.checker
+        print(f"{profile.arch}/{variant.name} on QEMU {session.machine.version}: {va:#x}")
+        for line in checker.describe_walk(va):
+            print("  " + line)
+        for row in checker.explain(va):
+            print(row)
+        session.power_off()
+    return EXIT_PASS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptcheck", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, arch_default: str | None) -> None:
+        if arch_default is None:
+            p.add_argument("--arch", required=True, help="architecture: x86_64, aarch64, riscv64, loongarch64")
+        else:
+            p.add_argument("--arch", default=arch_default, help="architectures: a comma list, or 'all' (default)")
+        p.add_argument("--mode", help="variants (e.g. sv39,sv48); default: all of them (the first for dump/explain)")
+        p.add_argument("--scenario", help="scenario file (default: the built-in scenario)")
+        p.add_argument("--seed", type=_non_negative, default=0, help="seed for the random parts (default 0)")
+        p.add_argument("--random-pages", type=_non_negative, default=RANDOM_PAGES,
+                       help=f"random 4K pages in the built-in scenario (default {RANDOM_PAGES})")
+        p.add_argument("--batch-timeout", type=_positive_float, default=DEFAULT_BATCH_TIMEOUT,
+                       help=f"seconds a batch of probes may take before the guest counts as hung (default {DEFAULT_BATCH_TIMEOUT:.0f})")
+
+    check = sub.add_parser("check", help="check the MMU against the library's predictions")
+    common(check, "all")
+    check.add_argument("--json", action="store_true", help="print one JSON object per arch/mode")
+    check.set_defaults(run=command_check)
+    scenario = sub.add_parser("scenario", help="print the built-in scenario")
+    common(scenario, None)
+    scenario.set_defaults(run=command_scenario)
+    dump = sub.add_parser("dump", help="print the tables a scenario builds, level by level (no QEMU)")
+    common(dump, None)
+    dump.set_defaults(run=command_dump)
+    explain = sub.add_parser("explain", help="probe one address every way and explain each outcome")
+    common(explain, None)
+    explain.add_argument("--va", required=True, help="the virtual address to explain")
+    explain.set_defaults(run=command_explain)
+    return parser
+
+
+def _non_negative(text: str) -> int:
+    value = int(text, 0)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; a count or seed must be 0 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `ptcheck` and `python -m harness`."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ScenarioError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ValueError, MachineError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

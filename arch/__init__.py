@@ -5,6 +5,7 @@ One generic `PageTable64` over per-architecture metadata and entry codecs:
 `arch.loongarch64`. Tables live in memory reached through a `PagingHandler`; `RamImage`
 provides one over a bytearray or a memory-mapped guest RAM file.
 """
+
 from .codec import PteCodec
 from .errors import (
     AlreadyMapped,

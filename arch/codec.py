@@ -4,6 +4,7 @@ A codec is declarative where it can be: flag decoding is a list of (mask, value,
 applied the same way to one entry or to a numpy array of entries, so scalar and batch queries
 cannot disagree.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -95,7 +96,7 @@ class PteCodec:
     def present(self, entries: U64) -> np.ndarray:
         """Vector form of `is_present`."""
         mask, value = self.PRESENT
-        return (entries & np.uint64(mask)) == np.uint64(value)
+        return np.asarray((entries & np.uint64(mask)) == np.uint64(value), dtype=np.bool_)
 
     def is_huge(self, entry: int) -> bool:
         """Whether a non-empty directory-level entry is a huge leaf (the crate's `is_huge`)."""
@@ -103,7 +104,7 @@ class PteCodec:
 
     def huge(self, entries: U64) -> np.ndarray:
         """Vector form of `is_huge`."""
-        return ((entries & np.uint64(self.HUGE_MASK)) != 0) == self.HUGE_WHEN_SET
+        return np.asarray(((entries & np.uint64(self.HUGE_MASK)) != 0) == self.HUGE_WHEN_SET, dtype=np.bool_)
 
     def flags(self, entry: int) -> MappingFlags:
         """The MappingFlags a leaf entry carries (empty when not present)."""

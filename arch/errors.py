@@ -4,6 +4,7 @@ The first five are the crate's `PagingError` variants; the others are ours, for 
 silently accepted and mishandled (see DESIGN.md, KNOWN-DEFECTS). A failed operation never changes
 the table or the frame allocator.
 """
+
 from __future__ import annotations
 
 

@@ -1,5 +1,6 @@
 """Mapping flags and page sizes shared by every architecture (page_table_entry's `MappingFlags`
 and page_table_multiarch's `PageSize`, same values)."""
+
 from __future__ import annotations
 
 import enum
@@ -27,9 +28,7 @@ class MappingFlags(enum.IntFlag):
             try:
                 flags |= _LETTERS[letter]
             except KeyError:
-                raise ValueError(
-                    f"unknown flag letter {letter!r} in {letters!r}: use R W X U D C"
-                ) from None
+                raise ValueError(f"unknown flag letter {letter!r} in {letters!r}: use R W X U D C") from None
         return flags
 
     def letters(self) -> str:

@@ -3,6 +3,7 @@
 An operation that changes a mapping returns a record; the caller decides whether to `flush()`
 (which calls the table metadata's `flush_tlb` hook) or `ignore()` it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -4,6 +4,7 @@ While an operation runs, each word it overwrites, each run of words it overwrite
 it allocates is recorded; if the operation raises, the log is replayed newest first, so the table
 and the frame allocator end exactly as they were.
 """
+
 from __future__ import annotations
 
 import numpy as np

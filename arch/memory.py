@@ -5,6 +5,7 @@ address (the crate's `PagingHandler` plus its `phys_to_virt` access, as one obje
 implements it over a `bytearray` or over an `mmap` of the file QEMU uses as guest RAM, so tables
 can be built directly in a running guest's memory.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -96,9 +97,7 @@ class RamImage(PagingHandlerBase):
         if sys.byteorder != "little":
             raise RuntimeError("RamImage needs a little-endian host (guest RAM is little-endian)")
         if base % FRAME_SIZE or size % FRAME_SIZE or size <= 0 or base < 0:
-            raise ValueError(
-                f"RAM image base {base:#x} and size {size:#x} must be positive multiples of 4 KiB"
-            )
+            raise ValueError(f"RAM image base {base:#x} and size {size:#x} must be positive multiples of 4 KiB")
         self.base = base
         self.size = size
         self._buffer = bytearray(size) if buffer is None else buffer
@@ -107,11 +106,7 @@ class RamImage(PagingHandlerBase):
         self._words_mv: memoryview | None = memoryview(self._buffer).cast("B")[:size].cast("Q")
         self._words: U64 | None = np.frombuffer(self._buffer, dtype="<u8", count=size // 8)
         pool_start, pool_end = pool if pool is not None else (base, base + size)
-        if (
-            pool_start % FRAME_SIZE
-            or pool_end % FRAME_SIZE
-            or not base <= pool_start < pool_end <= base + size
-        ):
+        if pool_start % FRAME_SIZE or pool_end % FRAME_SIZE or not base <= pool_start < pool_end <= base + size:
             raise ValueError(
                 f"frame pool [{pool_start:#x}, {pool_end:#x}) must be 4 KiB aligned and lie inside "
                 f"the image [{base:#x}, {base + size:#x})"
@@ -192,7 +187,7 @@ class RamImage(PagingHandlerBase):
         offset = paddr - self.base
         if offset < 0 or offset >= self.size or paddr & 7 or self._words_mv is None:
             raise self._access_error(paddr)
-        return self._words_mv[offset >> 3]  # type: ignore[no-any-return]
+        return self._words_mv[offset >> 3]
 
     def write_word(self, paddr: int, value: int) -> None:
         """Write the 64-bit word at `paddr`."""

@@ -1,5 +1,6 @@
 """Per-architecture paging metadata (the crate's `PagingMetaData`): levels, address widths,
 which virtual addresses a table translates, and the TLB-flush hook."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,7 +54,7 @@ class PagingMetaData:
     def vaddrs_valid(self, vaddrs: U64) -> np.ndarray:
         """Vector form of `vaddr_is_valid`."""
         top = vaddrs >> np.uint64(self.VA_MAX_BITS - 1)
-        return (top == 0) | (top == np.uint64(MASK64 >> (self.VA_MAX_BITS - 1)))
+        return np.asarray((top == 0) | (top == np.uint64(MASK64 >> (self.VA_MAX_BITS - 1))), dtype=np.bool_)
 
     def canonical(self, raw: int) -> int:
         """The valid virtual address whose low VA_MAX_BITS bits are `raw` (walk order address)."""

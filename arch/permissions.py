@@ -1,6 +1,7 @@
 """The permission-model interface: what access the hardware allows through a stored walk, and
 which fault it raises otherwise — the architectural prediction the harness checks a real MMU
 against. One model per architecture lives in `arch/<arch>/permissions.py`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,9 +34,7 @@ class Prediction:
 class PermissionModel(Protocol):
     """Predicts the outcome of accesses through walks of one table geometry."""
 
-    def predict(
-        self, table: PageTable64, walk: WalkBatch, access: np.ndarray, user: bool, options: int
-    ) -> Prediction:
+    def predict(self, table: PageTable64, walk: WalkBatch, access: np.ndarray, user: bool, options: int) -> Prediction:
         """`walk` comes from `table.walk_many` (or a merge of same-geometry tables); `access`
         holds LOAD/STORE/FETCH per address; `user` selects the unprivileged level; `options` are
         the architecture's batch option bits (bit 0, the privilege, is given as `user`)."""
@@ -44,4 +43,4 @@ class PermissionModel(Protocol):
 
 def entry_bits(entries: U64, mask: int) -> np.ndarray:
     """Whether any bit of `mask` is set in each entry."""
-    return (entries & np.uint64(mask)) != 0
+    return np.asarray((entries & np.uint64(mask)) != 0, dtype=np.bool_)

@@ -13,6 +13,7 @@ where the crate misbehaves (DESIGN.md, KNOWN-DEFECTS) this class differs on purp
 - region operations that would cut a huge page fail with `MappedToHugePage` (the crate panics);
 - empty intermediate tables can be reclaimed on unmap (`free_empty_tables=True`, off by default).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -185,6 +186,8 @@ class PageTable64:
         self._present_mask, self._present_value = self.codec.PRESENT
         self._read = handler.read_word
         word_index = getattr(handler, "word_index", None)
+        self._words: memoryview | WordIndexer
+        self._words_base: int
         self._words, self._words_base = word_index() if word_index else (WordIndexer(handler), 0)
         self._write = handler.write_word
         self._journal: Journal | None = None
@@ -192,9 +195,7 @@ class PageTable64:
         self._borrowed: set[int] = set()
         self._extra_frames: list[int] = []
         self._freed = False
-        self._steps_4k = np.arange(ENTRY_COUNT, dtype=np.uint64) * np.uint64(
-            self.codec.encode_pa(PAGE_4K)
-        )
+        self._steps_4k = np.arange(ENTRY_COUNT, dtype=np.uint64) * np.uint64(self.codec.encode_pa(PAGE_4K))
         self._empty = [0] * levels
         self._empty_tables: dict[int, U64] = {}
         root = self._alloc_frame()
@@ -254,8 +255,7 @@ class PageTable64:
         va = vaddr if type(vaddr) is int else _as_int("vaddr", vaddr)
         if va < 0 or va > MASK64 or (va >> self._top_shift) not in self._valid_tops:
             raise InvalidAddress(
-                f"virtual address {va:#x} is not translated by this table: "
-                f"{self.metadata.describe_va_rule()}"
+                f"virtual address {va:#x} is not translated by this table: {self.metadata.describe_va_rule()}"
             )
         return va
 
@@ -359,9 +359,7 @@ class PageTable64:
             slot = index + ((va >> 12) & 511)
             return (slot + base_index) << 3, words[slot], self._last
         except IndexError:
-            raise ValueError(
-                f"the walk of {va:#x} reached an entry outside the paging handler's memory"
-            ) from None
+            raise ValueError(f"the walk of {va:#x} reached an entry outside the paging handler's memory") from None
 
     def _leaf(self, va: int) -> tuple[int, int, int, PageSize]:
         """The present leaf translating `va`: (entry address, entry, level, size)."""
@@ -393,9 +391,7 @@ class PageTable64:
                 self._set(epa, codec.table(new))
                 table, fresh = new, True
             elif codec.is_huge(entry):
-                raise MappedToHugePage(
-                    f"a huge page at level {lv} (entry {entry:#x}) already maps {va:#x}"
-                )
+                raise MappedToHugePage(f"a huge page at level {lv} (entry {entry:#x}) already maps {va:#x}")
             else:
                 table = codec.paddr(entry)
                 if table == 0:
@@ -429,9 +425,7 @@ class PageTable64:
             table, _ = self._table_at(va, level)
             epa = table + (((va >> self._shifts[level]) & 511) << 3)
             if self._read(epa) != self._empty[level]:
-                raise AlreadyMapped(
-                    f"the {page_size.label} slot for {va:#x} is in use (entry {self._read(epa):#x})"
-                )
+                raise AlreadyMapped(f"the {page_size.label} slot for {va:#x} is in use (entry {self._read(epa):#x})")
             self._set(epa, entry)
         return TlbFlush(va, self._flush_hook)
 
@@ -520,12 +514,7 @@ class PageTable64:
     def _pick_size(self, va: int, pa: int, remaining: int, allow_huge: bool) -> PageSize:
         if allow_huge:
             for size in (PageSize.SIZE_1G, PageSize.SIZE_2M):
-                if (
-                    size in self._level_of_size
-                    and va % size == 0
-                    and pa % size == 0
-                    and remaining >= size
-                ):
+                if size in self._level_of_size and va % size == 0 and pa % size == 0 and remaining >= size:
                     return size
         return PageSize.SIZE_4K
 
@@ -557,7 +546,9 @@ class PageTable64:
                 pending.append(pa & ~(PAGE_4K - 1))
             else:
                 if pending:
-                    yield _Run(pending_va, PageSize.SIZE_4K, len(pending), pending[0], np.array(pending, dtype=np.uint64))
+                    yield _Run(
+                        pending_va, PageSize.SIZE_4K, len(pending), pending[0], np.array(pending, dtype=np.uint64)
+                    )
                     pending = []
                 yield _Run(va, size, 1, pa & ~(size - 1), None)
             va += size
@@ -660,7 +651,9 @@ class PageTable64:
                 if level < self._last:
                     page_size = self._size_of_level[level]
                     if page_size is None:
-                        raise MappedToHugePage(f"entry {entry:#x} at level {level} is a huge page at a level that has none")
+                        raise MappedToHugePage(
+                            f"entry {entry:#x} at level {level} is a huge page at a level that has none"
+                        )
                     self._check_fits(cur, end, page_size)
                     if self.codec.is_present(entry):
                         self._set(epa, self.codec.with_flags(entry, flags, page_size))

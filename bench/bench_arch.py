@@ -4,6 +4,7 @@ Parameters follow the issue: map_region of 1 GiB as 4K pages from VA 0x4000_0000
 0x1_4000_0000 (RW), 10^6 random queries at VA + xorshift64 % 1 GiB (seed 0x9E3779B97F4A7C15,
 shifts 13/7/17), unmap_region of that GiB, free(). Run: python bench/bench_arch.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,9 @@ def best_of(repeats: int, action: Callable[[], object], setup: Callable[[], obje
     return best
 
 
-def bench_table(name: str, make: Callable[[RamImage], PageTable64], addrs: np.ndarray, repeats: int) -> dict[str, float]:
+def bench_table(
+    name: str, make: Callable[[RamImage], PageTable64], addrs: np.ndarray, repeats: int
+) -> dict[str, float]:
     ram = RamImage(base=0, size=16 << 20)
     results: dict[str, float] = {}
     state: dict[str, PageTable64] = {}
@@ -104,7 +107,10 @@ def main() -> None:
             rust_text = f"{rust * 1e3:.1f}ms" if rust else "-"
             target = TARGET[op]
             mark = "ok" if seconds <= target else "SLOW"
-            print(f"{name:<15}{op:<14}{seconds * scale:>10.2f}{unit}{target * scale:>10.1f}{unit}{rust_text:>10}{ratio:>8} {mark}")
+            print(
+                f"{name:<15}{op:<14}{seconds * scale:>10.2f}{unit}{target * scale:>10.1f}{unit}"
+                f"{rust_text:>10}{ratio:>8} {mark}"
+            )
 
 
 if __name__ == "__main__":

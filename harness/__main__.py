@@ -1,4 +1,5 @@
 """`python -m harness`: the ptcheck command line."""
+
 import sys
 
 from .cli import main

@@ -1,5 +1,6 @@
 """Builds a probe guest from `guests/<arch>/` with the ziglang wheel's `zig cc`, cached by a hash
 of the sources and flags, and reads its symbols with pyelftools."""
+
 from __future__ import annotations
 
 import hashlib
@@ -67,9 +68,18 @@ def _compile(source_dir: Path, zig_args: tuple[str, ...], target: Path) -> None:
     handle, partial = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".tmp")
     os.close(handle)
     command = [
-        sys.executable, "-m", "ziglang", "cc", *zig_args, "-nostdlib", "-static",
-        "-Wl,-T," + str(source_dir / "link.ld"), "-Wl,--build-id=none",
-        "-o", partial, str(source_dir / "guest.S"),
+        sys.executable,
+        "-m",
+        "ziglang",
+        "cc",
+        *zig_args,
+        "-nostdlib",
+        "-static",
+        "-Wl,-T," + str(source_dir / "link.ld"),
+        "-Wl,--build-id=none",
+        "-o",
+        partial,
+        str(source_dir / "guest.S"),
     ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)

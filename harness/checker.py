@@ -7,6 +7,7 @@ tag at the probe address, a store must land in that word); a predicted fault mus
 cause and fault address. Everything else is a mismatch, unless a known emulator deviation of the
 running QEMU version accounts for it, in which case it is reported as that deviation.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,12 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from arch import MappingFlags
+from arch import MappingFlags, PagingError
 from arch.permissions import FETCH, LOAD, STORE, Prediction
 
 from . import mailbox as mb
 from .profile import Comparison, OptionSet, Profile, Variant
-from .session import GuestSession
+from .session import BatchResult, GuestSession
 from .tableset import TableSet
 
 MAX_KEPT_MISMATCHES = 50
@@ -63,6 +64,38 @@ class CheckStats:
         self.mismatches += len(found)
         room = MAX_KEPT_MISMATCHES - len(self.kept)
         self.kept.extend(found[: max(room, 0)])
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the library and the permission model predict for the probes of one option set."""
+
+    vaddrs: np.ndarray
+    access: np.ndarray
+    option_set: OptionSet
+    predicted: Prediction
+    paddr: np.ndarray
+    mapped: np.ndarray
+    flags: np.ndarray
+
+    def comparison(self, chunk: np.ndarray, result: BatchResult | None) -> Comparison:
+        """The probes at `chunk` with what the guest saw (nothing yet when `result` is None)."""
+        count = len(chunk)
+        nothing = np.zeros(count, dtype=np.uint64)
+        return Comparison(
+            vaddrs=self.vaddrs[chunk],
+            access=self.access[chunk],
+            user=self.option_set.user,
+            options=self.option_set.bits,
+            predicted=Prediction(self.predicted.ok[chunk], self.predicted.cause[chunk], self.predicted.addr[chunk]),
+            paddr=self.paddr[chunk],
+            mapped=self.mapped[chunk],
+            flags=self.flags[chunk],
+            observed_ok=np.zeros(count, dtype=bool) if result is None else result.outcome == mb.OUTCOME_OK,
+            observed_cause=nothing if result is None else result.cause,
+            observed_value=nothing if result is None else result.value,
+            observed_addr=nothing if result is None else result.addr,
+        )
 
 
 @dataclass(frozen=True)
@@ -119,12 +152,16 @@ class Checker:
         starts, sizes = mapped.vaddr[keep], mapped.size[keep]
         if full:
             words = np.concatenate([starts, starts + sizes - np.uint64(8)])
-            holes = np.concatenate([starts - np.uint64(8), starts + sizes] + [starts ^ np.uint64(s) for s in HOLE_SPANS])
+            holes = np.concatenate(
+                [starts - np.uint64(8), starts + sizes] + [starts ^ np.uint64(s) for s in HOLE_SPANS]
+            )
             holes = holes[~self.tables.query_many(holes).mapped & ~self._reserved(holes)]
-            extra = np.array(self.profile.non_canonical_addresses(self.tables.primary.metadata.VA_MAX_BITS), dtype=np.uint64)
+            extra = np.array(
+                self.profile.non_canonical_addresses(self.tables.primary.metadata.VA_MAX_BITS), dtype=np.uint64
+            )
             extra = extra[self.tables.owner_index(extra) < 0]
             vaddrs = _unique(np.concatenate([words, holes, extra]))
-            kinds = (LOAD, STORE, FETCH)
+            kinds: tuple[int, ...] = (LOAD, STORE, FETCH)
         else:
             offsets = (rng.integers(0, 1 << 62, len(starts), dtype=np.uint64) % (sizes >> np.uint64(3))) << np.uint64(3)
             holes = _unique(starts + sizes)
@@ -150,26 +187,27 @@ class Checker:
         query = self.tables.query_walk(walk)
         for option_set in self.profile.option_sets(full):
             self._install_guest_mappings(option_set)
-            prediction = self.model.predict(self.tables.primary, walk, probes.access, option_set.user, option_set.bits)
-            comparison_base = dict(
-                vaddrs=probes.vaddrs, access=probes.access, user=option_set.user, options=option_set.bits,
-                predicted=prediction, paddr=query.paddr, mapped=query.mapped, flags=query.flags,
+            expected = Expected(
+                probes.vaddrs,
+                probes.access,
+                option_set,
+                self.model.predict(self.tables.primary, walk, probes.access, option_set.user, option_set.bits),
+                query.paddr,
+                query.mapped,
+                query.flags,
             )
-            unsafe = self._unsafe(comparison_base)
-            loads_and_fetches = np.flatnonzero((probes.access != STORE) & ~unsafe)
-            self._run(loads_and_fetches, probes, query.paddr, query.mapped, prediction, option_set, comparison_base)
+            unsafe = self._unsafe(expected)
+            self._run(np.flatnonzero((probes.access != STORE) & ~unsafe), expected)
             stores = np.flatnonzero((probes.access == STORE) & ~unsafe)
             # two stores to one physical word in a batch would overwrite each other's evidence
             store_words = np.where(query.mapped[stores], query.paddr[stores] & ~np.uint64(7), probes.vaddrs[stores])
             for round_ in _alias_rounds(store_words):
-                self._run(stores[round_], probes, query.paddr, query.mapped, prediction, option_set, comparison_base)
+                self._run(stores[round_], expected)
 
-    def _unsafe(self, base: dict[str, object]) -> np.ndarray:
-        count = len(base["vaddrs"])  # type: ignore[arg-type]
-        unsafe = np.zeros(count, dtype=bool)
-        empty = np.zeros(count, dtype=np.uint64)
-        comparison = Comparison(**base, observed_ok=np.zeros(count, dtype=bool), observed_cause=empty,  # type: ignore[arg-type]
-                                observed_value=empty, observed_addr=empty)
+    def _unsafe(self, expected: Expected) -> np.ndarray:
+        """Probes a deviation says must never be sent (counted, and reported with the reason)."""
+        unsafe = np.zeros(len(expected.vaddrs), dtype=bool)
+        comparison = expected.comparison(np.arange(len(expected.vaddrs)), None)
         for deviation in self.deviations:
             if deviation.unsafe is not None:
                 hit = deviation.unsafe(comparison) & ~unsafe
@@ -183,84 +221,82 @@ class Checker:
             table = self.tables.table_for(vaddr)
             try:
                 table.unmap_region(vaddr, size)
-            except Exception:  # noqa: BLE001 - not mapped yet: nothing to replace
+            except PagingError:  # not mapped yet: nothing to replace
                 pass
             table.map_region(vaddr, paddr, size, MappingFlags(flags), allow_huge=True)
 
-    def _run(
-        self,
-        selected: np.ndarray,
-        probes: ProbeSet,
-        paddr: np.ndarray,
-        mapped: np.ndarray,
-        prediction: Prediction,
-        option_set: OptionSet,
-        base: dict[str, object],
-    ) -> None:
+    def _run(self, selected: np.ndarray, expected: Expected) -> None:
         if not len(selected):
             return
         ram = self.session.ram
         assert ram is not None
-        order = selected[np.argsort(probes.vaddrs[selected], kind="stable")]  # TLB-friendly order
+        order = selected[np.argsort(expected.vaddrs[selected], kind="stable")]  # TLB-friendly order
         low, high = self.profile.layout.data_window
         for start in range(0, len(order), self.session.capacity):
             chunk = order[start : start + self.session.capacity]
-            vaddrs = probes.vaddrs[chunk]
-            pas = paddr[chunk] & ~np.uint64(7)
-            taggable = mapped[chunk] & (pas >= np.uint64(low)) & (pas < np.uint64(high))
-            tag_pas = pas[taggable]
-            tags = mb.tag_words(tag_pas, self.profile.trap_instruction)
-            ram.words[(tag_pas - np.uint64(ram.base)) >> np.uint64(3)] = tags
-            words = mb.probe_words(vaddrs, probes.access[chunk])
+            pas = expected.paddr[chunk] & ~np.uint64(7)
+            taggable = expected.mapped[chunk] & (pas >= np.uint64(low)) & (pas < np.uint64(high))
+            slots = (pas[taggable] - np.uint64(ram.base)) >> np.uint64(3)
+            tags = mb.tag_words(pas[taggable], self.profile.trap_instruction)
+            ram.words[slots] = tags
+            words = mb.probe_words(expected.vaddrs[chunk], expected.access[chunk])
             started = time.perf_counter()
-            result = self.session.run_batch(self.tables.roots, words, option_set.bits)
+            result = self.session.run_batch(self.tables.roots, words, expected.option_set.bits)
             self.stats.guest_seconds += time.perf_counter() - started
-            stored = ram.words[(tag_pas - np.uint64(ram.base)) >> np.uint64(3)].copy()
-            ram.words[(tag_pas - np.uint64(ram.base)) >> np.uint64(3)] = tags  # restore after stores
             landed = np.zeros(len(chunk), dtype=bool)
-            landed[taggable] = stored == words[taggable]
-            self._compare(chunk, result, landed, prediction, option_set, base)
+            landed[taggable] = ram.words[slots] == words[taggable]
+            ram.words[slots] = tags  # restore what stores overwrote
+            self._compare(chunk, result, landed, expected)
             self.stats.probes += len(chunk)
 
     # -- comparison --------------------------------------------------------------------------
-    def _compare(self, chunk, result, landed, prediction: Prediction, option_set: OptionSet, base) -> None:  # type: ignore[no-untyped-def]
-        vaddrs = base["vaddrs"][chunk]
-        access = base["access"][chunk]
-        paddr = base["paddr"][chunk]
-        predicted_ok = prediction.ok[chunk]
-        observed_ok = result.outcome == mb.OUTCOME_OK
-        expected_tag = mb.tag_words(paddr & ~np.uint64(7), self.profile.trap_instruction)
+    def _compare(self, chunk: np.ndarray, result: BatchResult, landed: np.ndarray, expected: Expected) -> None:
+        seen = expected.comparison(chunk, result)
+        predicted = seen.predicted
+        vaddrs, access = seen.vaddrs, seen.access
+        expected_tag = mb.tag_words(seen.paddr & ~np.uint64(7), self.profile.trap_instruction)
         load_ok = (access == LOAD) & (result.value == expected_tag)
         fetch_ok = (access == FETCH) & (result.value == vaddrs)
         store_ok = (access == STORE) & landed
-        good_ok = predicted_ok & observed_ok & (load_ok | fetch_ok | store_ok)
-        good_fault = ~predicted_ok & ~observed_ok & (result.cause == prediction.cause[chunk]) & (result.addr == prediction.addr[chunk])
+        good_ok = predicted.ok & seen.observed_ok & (load_ok | fetch_ok | store_ok)
+        good_fault = (
+            ~predicted.ok & ~seen.observed_ok & (result.cause == predicted.cause) & (result.addr == predicted.addr)
+        )
         bad = ~(good_ok | good_fault)
         if not bad.any():
             return
-        observed = Comparison(
-            vaddrs=vaddrs, access=access, user=option_set.user, options=option_set.bits,
-            predicted=Prediction(predicted_ok, prediction.cause[chunk], prediction.addr[chunk]),
-            paddr=paddr, mapped=base["mapped"][chunk], flags=base["flags"][chunk],
-            observed_ok=observed_ok, observed_cause=result.cause, observed_value=result.value, observed_addr=result.addr,
-        )
         for deviation in self.deviations:
             if deviation.explains is not None:
-                hit = bad & deviation.explains(observed)
+                hit = bad & deviation.explains(seen)
                 self.stats.deviations[deviation.key] += int(hit.sum())
                 bad &= ~hit
-        found = []
+        found: list[Mismatch] = []
         for i in np.flatnonzero(bad).tolist():
-            found.append(Mismatch(
-                vaddr=int(vaddrs[i]), access=mb.Access(int(access[i])).name.lower(), option_set=option_set.name,
-                predicted_ok=bool(predicted_ok[i]),
-                predicted_paddr=int(paddr[i]) if base["mapped"][chunk][i] else None,
-                predicted_cause=int(prediction.cause[chunk][i]), predicted_addr=int(prediction.addr[chunk][i]),
-                observed_ok=bool(observed_ok[i]), observed_value=int(result.value[i]),
-                observed_cause=int(result.cause[i]), observed_addr=int(result.addr[i]),
-                reason=self._reason(i, access, predicted_ok, observed_ok, result, landed),
-                walk=self.describe_walk(int(vaddrs[i])) if len(self.stats.kept) + len(found) < MAX_KEPT_MISMATCHES else (),
-            ))
+            found.append(
+                Mismatch(
+                    vaddr=int(vaddrs[i]),
+                    access=mb.Access(int(access[i])).name.lower(),
+                    option_set=expected.option_set.name,
+                    predicted_ok=bool(predicted.ok[i]),
+                    predicted_paddr=int(seen.paddr[i]) if seen.mapped[i] else None,
+                    predicted_cause=int(predicted.cause[i]),
+                    predicted_addr=int(predicted.addr[i]),
+                    observed_ok=bool(seen.observed_ok[i]),
+                    observed_value=int(result.value[i]),
+                    observed_cause=int(result.cause[i]),
+                    observed_addr=int(result.addr[i]),
+                    reason=_reason(
+                        int(access[i]),
+                        bool(predicted.ok[i]),
+                        bool(seen.observed_ok[i]),
+                        int(result.value[i]),
+                        bool(landed[i]),
+                    ),
+                    walk=self.describe_walk(int(vaddrs[i]))
+                    if len(self.stats.kept) + len(found) < MAX_KEPT_MISMATCHES
+                    else (),
+                )
+            )
         self.stats.add_mismatches(found)
 
     def explain(self, vaddr: int) -> list[str]:
@@ -285,11 +321,22 @@ class Checker:
                 result = self.session.run_batch(self.tables.roots, word, option_set.bits)
                 ok = int(result.outcome[0]) == mb.OUTCOME_OK
                 want = "ok" if predicted.ok[i] else self.profile.explain_cause(int(predicted.cause[i]))
-                got = f"ok (value {int(result.value[0]):#x})" if ok else self.profile.explain_cause(int(result.cause[0]))
-                agree = "agree" if ok == bool(predicted.ok[i]) and (ok or int(result.cause[0]) == int(predicted.cause[i])) else "DIFFER"
-                rows.append(f"  {option_set.name:<12}{mb.Access(i).name.lower():<6} predicted {want:<34} observed {got:<40} {agree}")
+                got = (
+                    f"ok (value {int(result.value[0]):#x})" if ok else self.profile.explain_cause(int(result.cause[0]))
+                )
+                agree = (
+                    "agree"
+                    if ok == bool(predicted.ok[i]) and (ok or int(result.cause[0]) == int(predicted.cause[i]))
+                    else "DIFFER"
+                )
+                rows.append(
+                    f"  {option_set.name:<12}{mb.Access(i).name.lower():<6} "
+                    f"predicted {want:<34} observed {got:<40} {agree}"
+                )
                 if query.mapped[0] and low <= pa < high:
-                    ram.write_word(pa, int(mb.tag_words(np.array([pa], dtype=np.uint64), self.profile.trap_instruction)[0]))
+                    ram.write_word(
+                        pa, int(mb.tag_words(np.array([pa], dtype=np.uint64), self.profile.trap_instruction)[0])
+                    )
         return rows
 
     def describe_walk(self, vaddr: int) -> tuple[str, ...]:
@@ -304,21 +351,27 @@ class Checker:
             entry = int(walk.entries[level, 0])
             where = int(walk.entry_paddrs[level, 0])
             is_leaf = level == leaf_level
-            text = "empty: nothing mapped below" if entry == table.empty_entry(level) else table.codec.describe(entry, is_leaf)
+            text = (
+                "empty: nothing mapped below"
+                if entry == table.empty_entry(level)
+                else table.codec.describe(entry, is_leaf)
+            )
             lines.append(f"level {level} entry @{where:#x}: {text}")
             if is_leaf or entry == table.empty_entry(level):
                 break
         return tuple(lines)
 
-    def _reason(self, i, access, predicted_ok, observed_ok, result, landed) -> str:  # type: ignore[no-untyped-def]
-        if predicted_ok[i] and not observed_ok[i]:
-            return "predicted to succeed, but faulted"
-        if not predicted_ok[i] and observed_ok[i]:
-            return "predicted to fault, but succeeded"
-        if not predicted_ok[i]:
-            return "faulted with a different cause or address"
-        if access[i] == LOAD:
-            return f"load read the word of physical {mb.tag_paddr(int(result.value[i])):#x}"
-        if access[i] == STORE and not landed[i]:
-            return "store did not land at the predicted physical address"
-        return "fetch trapped at a different address"
+
+def _reason(access: int, predicted_ok: bool, observed_ok: bool, value: int, landed: bool) -> str:
+    """Why a probe counts as a mismatch, in words."""
+    if predicted_ok and not observed_ok:
+        return "predicted to succeed, but faulted"
+    if not predicted_ok and observed_ok:
+        return "predicted to fault, but succeeded"
+    if not predicted_ok:
+        return "faulted with a different cause or address"
+    if access == LOAD:
+        return f"load read the word of physical {mb.tag_paddr(value):#x}"
+    if access == STORE and not landed:
+        return "store did not land at the predicted physical address"
+    return "fetch trapped at a different address"

@@ -10,6 +10,7 @@
 Exit status: 0 when every check passed, 1 when something mismatched, 2 on errors (bad input,
 QEMU or guest failure, missing emulator).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,10 +91,19 @@ def check_variant(profile: Profile, variant: Variant, args: argparse.Namespace, 
         runner.source = source
         runner.run(operations)
         session.power_off()
-        notes = {d.key: f"{d.summary} (QEMU {d.versions[0]}{'–' + d.versions[1] if d.versions[1] else '+'}; {d.reference})"
-                 for d in profile.deviations}
-        return VariantReport(profile.arch, variant.name, session.machine.version, runner.stats,
-                             time.perf_counter() - started, session.boot_seconds, notes)
+        notes = {
+            d.key: f"{d.summary} (QEMU {d.versions[0]}{'–' + d.versions[1] if d.versions[1] else '+'}; {d.reference})"
+            for d in profile.deviations
+        }
+        return VariantReport(
+            profile.arch,
+            variant.name,
+            session.machine.version,
+            runner.stats,
+            time.perf_counter() - started,
+            session.boot_seconds,
+            notes,
+        )
 
 
 def command_check(args: argparse.Namespace) -> int:
@@ -190,7 +200,9 @@ def command_explain(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ptcheck", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="ptcheck", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, arch_default: str | None) -> None:
@@ -201,10 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mode", help="variants (e.g. sv39,sv48); default: all of them (the first for dump/explain)")
         p.add_argument("--scenario", help="scenario file (default: the built-in scenario)")
         p.add_argument("--seed", type=_non_negative, default=0, help="seed for the random parts (default 0)")
-        p.add_argument("--random-pages", type=_non_negative, default=RANDOM_PAGES,
-                       help=f"random 4K pages in the built-in scenario (default {RANDOM_PAGES})")
-        p.add_argument("--batch-timeout", type=_positive_float, default=DEFAULT_BATCH_TIMEOUT,
-                       help=f"seconds a batch of probes may take before the guest counts as hung (default {DEFAULT_BATCH_TIMEOUT:.0f})")
+        p.add_argument(
+            "--random-pages",
+            type=_non_negative,
+            default=RANDOM_PAGES,
+            help=f"random 4K pages in the built-in scenario (default {RANDOM_PAGES})",
+        )
+        p.add_argument(
+            "--batch-timeout",
+            type=_positive_float,
+            default=DEFAULT_BATCH_TIMEOUT,
+            help="seconds a batch of probes may take before the guest counts as hung "
+            f"(default {DEFAULT_BATCH_TIMEOUT:.0f})",
+        )
 
     check = sub.add_parser("check", help="check the MMU against the library's predictions")
     common(check, "all")

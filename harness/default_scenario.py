@@ -2,6 +2,7 @@
 table geometry: every encodable flag combination at every leaf size in every half of the
 address space, region operations that split and merge huge pages, holes, non-canonical
 addresses (probed by every full check) and 100,000 randomly placed 4K pages for throughput."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -67,7 +68,9 @@ class _Frames:
         return start
 
 
-def default_scenario(profile: Profile, tables: TableSet, seed: int = 0, random_pages: int = RANDOM_PAGES) -> Iterator[Operation]:
+def default_scenario(
+    profile: Profile, tables: TableSet, seed: int = 0, random_pages: int = RANDOM_PAGES
+) -> Iterator[Operation]:
     """The operations of the built-in scenario (see the module docstring)."""
     frames = _Frames(profile.layout.data_window)
     line = 0
@@ -94,7 +97,7 @@ def default_scenario(profile: Profile, tables: TableSet, seed: int = 0, random_p
     length = head + G1 + M2 + 7 * K4
     for cursor in cursors:
         start = cursor.area(length + G1, G1) + G1 - head  # unaligned head: 4K, then 2M, then 1G pages
-        pa = frames.take(G1) - head
+        pa = frames.take(G1) - head if G1 in sizes else -1
         if pa < profile.layout.data_window[0] or pa + length > profile.layout.data_window[1]:
             pa = frames.take(M2) + M2 - 5 * K4  # no room for a 1G page: 2M and 4K pages only
             length = head + 7 * K4

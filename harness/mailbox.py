@@ -1,5 +1,6 @@
 """The mailbox ABI of guests/ABI.md, on the harness side: control block offsets, probe words,
 result records and tag words."""
+
 from __future__ import annotations
 
 import enum

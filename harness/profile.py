@@ -1,6 +1,7 @@
 """What the harness needs to know about one architecture: the QEMU machine, the guest build,
 the RAM layout, the translation variants, the batch option sets, the permission model and the
 known emulator deviations. One subclass per architecture in `harness/profiles/`."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,6 +1,7 @@
 """pytest plugin (entry point `pytest11`): `--arch` selects which architectures' conformance
 tests run on QEMU; tests marked `@pytest.mark.arch("riscv64")` are skipped, with the reason and
 the command that fixes it, when their architecture is not selected or its QEMU is missing."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--arch",
         default="all",
-        help="architectures to check on QEMU: 'all' (default), 'none', or a comma list of "
-        + ", ".join(ARCHES),
+        help="architectures to check on QEMU: 'all' (default), 'none', or a comma list of " + ", ".join(ARCHES),
     )
 
 
@@ -33,7 +33,9 @@ def selected_arches(config: pytest.Config) -> list[str]:
     chosen = [part.strip() for part in value.split(",") if part.strip()]
     unknown = [arch for arch in chosen if arch not in ARCHES]
     if unknown:
-        raise pytest.UsageError(f"--arch: unknown architecture {', '.join(unknown)}; choose from {', '.join(ARCHES)}, all, none")
+        raise pytest.UsageError(
+            f"--arch: unknown architecture {', '.join(unknown)}; choose from {', '.join(ARCHES)}, all, none"
+        )
     return chosen
 
 

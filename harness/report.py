@@ -1,5 +1,6 @@
 """Verdicts for people and for machines: the per-variant summary table, mismatch details, and
 JSON objects."""
+
 from __future__ import annotations
 
 import json
@@ -61,10 +62,18 @@ def mismatch_json(m: Mismatch) -> dict[str, object]:
         "access": m.access,
         "options": m.option_set,
         "reason": m.reason,
-        "predicted": {"ok": m.predicted_ok, "paddr": None if m.predicted_paddr is None else f"{m.predicted_paddr:#x}",
-                      "cause": f"{m.predicted_cause:#x}", "addr": f"{m.predicted_addr:#x}"},
-        "observed": {"ok": m.observed_ok, "value": f"{m.observed_value:#x}",
-                     "cause": f"{m.observed_cause:#x}", "addr": f"{m.observed_addr:#x}"},
+        "predicted": {
+            "ok": m.predicted_ok,
+            "paddr": None if m.predicted_paddr is None else f"{m.predicted_paddr:#x}",
+            "cause": f"{m.predicted_cause:#x}",
+            "addr": f"{m.predicted_addr:#x}",
+        },
+        "observed": {
+            "ok": m.observed_ok,
+            "value": f"{m.observed_value:#x}",
+            "cause": f"{m.observed_cause:#x}",
+            "addr": f"{m.observed_addr:#x}",
+        },
         "walk": list(m.walk),
     }
 
@@ -77,7 +86,10 @@ def write_json(reports: list[VariantReport], out: TextIO) -> None:
 
 def write_table(reports: list[VariantReport], profiles: dict[str, Profile], out: TextIO) -> None:
     """The human summary: a row per arch/mode, then every kept mismatch, decoded."""
-    header = f"{'arch':<12}{'mode':<12}{'qemu':<9}{'pages':>9}{'probes':>10}{'mismatch':>9}{'deviat.':>8}{'seconds':>9}{'probes/s':>11}  verdict"
+    header = (
+        f"{'arch':<12}{'mode':<12}{'qemu':<9}{'pages':>9}{'probes':>10}{'mismatch':>9}{'deviat.':>8}"
+        f"{'seconds':>9}{'probes/s':>11}  verdict"
+    )
     out.write(header + "\n" + "-" * len(header) + "\n")
     for r in reports:
         verdict = "PASS" if r.passed else ("ERROR" if r.error else "FAIL")
@@ -95,10 +107,16 @@ def write_table(reports: list[VariantReport], profiles: dict[str, Profile], out:
             out.write(f"\n{r.arch}/{r.mode}: {count} probe(s) show known QEMU deviation '{key}': {note}\n")
         for m in r.stats.kept:
             out.write(f"\n{r.arch}/{r.mode}: MISMATCH at {m.vaddr:#x} ({m.access}, {m.option_set}): {m.reason}\n")
-            out.write(f"  predicted: {_outcome(profile, m.predicted_ok, m.predicted_cause, m.predicted_addr)}"
-                      + (f", translating to {m.predicted_paddr:#x}" if m.predicted_paddr is not None else "") + "\n")
-            out.write(f"  observed:  {_outcome(profile, m.observed_ok, m.observed_cause, m.observed_addr)}"
-                      + (f", value {m.observed_value:#x}" if m.observed_ok else "") + "\n")
+            out.write(
+                f"  predicted: {_outcome(profile, m.predicted_ok, m.predicted_cause, m.predicted_addr)}"
+                + (f", translating to {m.predicted_paddr:#x}" if m.predicted_paddr is not None else "")
+                + "\n"
+            )
+            out.write(
+                f"  observed:  {_outcome(profile, m.observed_ok, m.observed_cause, m.observed_addr)}"
+                + (f", value {m.observed_value:#x}" if m.observed_ok else "")
+                + "\n"
+            )
             for line in m.walk:
                 out.write(f"    {line}\n")
         if r.stats.mismatches > len(r.stats.kept):

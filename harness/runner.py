@@ -1,6 +1,7 @@
 """Runs a scenario: applies each operation to the table set in guest RAM and performs each
 `check` with the checker. Operations are validated against the profile's RAM window for
 scenario data and its reserved virtual ranges; any failure names the scenario line."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable

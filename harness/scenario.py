@@ -14,6 +14,7 @@ Numbers are decimal or 0x-hex, with `_` separators and an optional K, M, G or T 
 (binary multiples). FLAGS are letters from RWXUDC (read, write, execute, user, device,
 uncached). Errors name the source, line and column.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,7 +26,16 @@ from arch import MappingFlags
 
 SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 PAGE_SIZES = {"4K": 0x1000, "2M": 0x20_0000, "1G": 0x4000_0000, "512G": 0x80_0000_0000}
-ALLOW_HUGE = {"huge": True, "nohuge": False, "yes": True, "no": False, "true": True, "false": False, "1": True, "0": False}
+ALLOW_HUGE = {
+    "huge": True,
+    "nohuge": False,
+    "yes": True,
+    "no": False,
+    "true": True,
+    "false": False,
+    "1": True,
+    "0": False,
+}
 CHECK_MODES = {"full": True, "quick": False}
 MAX_ADDRESS = (1 << 64) - 1
 _NUMBER = re.compile(r"(0[xX][0-9a-fA-F_]+|[0-9][0-9_]*)([KMGTkmgt]?)")
@@ -71,9 +81,13 @@ class Operation:
     def describe(self) -> str:
         """The operation written back as scenario text."""
         parts = [self.kind]
-        for name, value in (("va", self.va), ("pa", self.pa), ("size", self.size), ("length", self.length)):
+        for value in (self.va, self.pa):
             if value is not None:
                 parts.append(f"{value:#x}")
+        if self.size is not None:
+            parts.append(next((label for label, size in PAGE_SIZES.items() if size == self.size), f"{self.size:#x}"))
+        if self.length is not None:
+            parts.append(f"{self.length:#x}")
         if self.flags is not None:
             parts.append(self.flags.letters())
         if self.allow_huge is not None:
@@ -147,7 +161,9 @@ def parse_line(text: str, line: int, source: str = "<scenario>") -> Operation | 
     if len(tokens) - 1 != len(kinds):
         where = tokens[len(kinds) + 1][0] if len(tokens) - 1 > len(kinds) else len(text.rstrip("\n")) + 1
         usage = " ".join([name, *(k.upper() for k in kinds)])
-        raise ScenarioError(source, line, where, f"{name} takes {len(kinds)} arguments ({usage}), got {len(tokens) - 1}")
+        raise ScenarioError(
+            source, line, where, f"{name} takes {len(kinds)} arguments ({usage}), got {len(tokens) - 1}"
+        )
     values: dict[str, object] = {}
     for kind, (column, word) in zip(kinds, tokens[1:], strict=True):
         try:

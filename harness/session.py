@@ -1,5 +1,6 @@
 """A running probe guest: QEMU with shared RAM, the guest booted and waiting, page tables built
 directly in its RAM, and batches of probes run through the mailbox."""
+
 from __future__ import annotations
 
 import time
@@ -77,20 +78,33 @@ class GuestSession:
         deadline = time.monotonic() + BOOT_TIMEOUT
         while self._word(mb.MAGIC_OFFSET) != mb.MAGIC:
             if not self.machine.alive():
-                raise GuestError(f"QEMU exited before the {self.profile.arch} guest booted\n{self.machine.stderr_tail()}")
+                raise GuestError(
+                    f"QEMU exited before the {self.profile.arch} guest booted\n{self.machine.stderr_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise GuestError(f"the {self.profile.arch} guest did not write its magic within {BOOT_TIMEOUT:.0f} s"
-                                 + self._state())
+                raise GuestError(
+                    f"the {self.profile.arch} guest did not write its magic within {BOOT_TIMEOUT:.0f} s" + self._state()
+                )
             time.sleep(0.0005)
         if self._word(mb.ABI_OFFSET) != mb.ABI_VERSION:
             raise GuestError(f"guest speaks ABI {self._word(mb.ABI_OFFSET)}, the harness ABI {mb.ABI_VERSION}")
 
     def _state(self) -> str:
-        fields = {name: self._word(offset) for name, offset in (
-            ("go", mb.GO), ("done", mb.DONE), ("progress", mb.PROGRESS), ("error", mb.ERROR),
-            ("error_cause", mb.ERROR_CAUSE), ("error_pc", mb.ERROR_PC), ("error_addr", mb.ERROR_ADDR))}
+        fields = {
+            name: self._word(offset)
+            for name, offset in (
+                ("go", mb.GO),
+                ("done", mb.DONE),
+                ("progress", mb.PROGRESS),
+                ("error", mb.ERROR),
+                ("error_cause", mb.ERROR_CAUSE),
+                ("error_pc", mb.ERROR_PC),
+                ("error_addr", mb.ERROR_ADDR),
+            )
+        }
         text = ", ".join(f"{k}={v:#x}" for k, v in fields.items())
-        return f"\nguest state from RAM: {text}\nQEMU: {'running' if self.machine.alive() else 'exited'}; stderr tail:\n{self.machine.stderr_tail()}"
+        running = "running" if self.machine.alive() else "exited"
+        return f"\nguest state from RAM: {text}\nQEMU: {running}; stderr tail:\n{self.machine.stderr_tail()}"
 
     # -- batches -----------------------------------------------------------------------------
     @property

@@ -1,6 +1,7 @@
 """The page tables of one translation regime: one table, or (AArch64) one per VA range, each
 handling the virtual addresses it translates. Scenario operations and batch queries go through
 this so the rest of the harness never cares how many roots there are."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -82,8 +83,12 @@ class TableSet:
     def mappings(self) -> MappingList:
         """Every present leaf of every table."""
         lists = [table.mappings() for table in self.tables]
-        return MappingList(*(np.concatenate(column) for column in zip(
-            *[(m.vaddr, m.paddr, m.flags, m.size) for m in lists], strict=True)))
+        return MappingList(
+            *(
+                np.concatenate(column)
+                for column in zip(*[(m.vaddr, m.paddr, m.flags, m.size) for m in lists], strict=True)
+            )
+        )
 
     def free(self) -> None:
         """Free every table."""

@@ -1,4 +1,5 @@
 """Test-wide settings: how hard the property-based tests work (PTCHECK_EXAMPLES)."""
+
 from __future__ import annotations
 
 import os
@@ -8,5 +9,5 @@ import pytest
 
 @pytest.fixture
 def hypothesis_profile_examples() -> int:
-    """Examples per property test: 25 by default, PTCHECK_EXAMPLES to change (CI uses more)."""
-    return int(os.environ.get("PTCHECK_EXAMPLES", "25"))
+    """Examples per property test: 10 by default, PTCHECK_EXAMPLES to change (CI uses more)."""
+    return int(os.environ.get("PTCHECK_EXAMPLES", "10"))

@@ -1,5 +1,6 @@
 """AArch64 VMSAv8-64 block/page/table descriptors (Arm ARM D8.3 "Translation table descriptor
 formats", D8.4 memory attributes), encoded exactly as page_table_entry 0.6.1's `A64PTE`."""
+
 from __future__ import annotations
 
 from ..codec import PteCodec

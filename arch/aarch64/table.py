@@ -1,4 +1,5 @@
 """AArch64 metadata and page table (crate: `A64PagingMetaData`, `A64PageTable`)."""
+
 from __future__ import annotations
 
 import enum
@@ -49,7 +50,7 @@ class A64MetaData(PagingMetaData):
         return first <= last and self.vaddr_is_valid(first) and self.vaddr_is_valid(last)
 
     def vaddrs_valid(self, vaddrs: U64) -> np.ndarray:
-        return (vaddrs >> np.uint64(48)) == np.uint64(self._top)
+        return np.asarray((vaddrs >> np.uint64(48)) == np.uint64(self._top), dtype=np.bool_)
 
     def canonical(self, raw: int) -> int:
         return raw | (self._top << 48)

@@ -1,5 +1,6 @@
 """LoongArch64 page table entries (Reference Manual Vol. 1, 5.4.5 "TLB entry" bit layout,
 7.5.x TLBELO), encoded exactly as page_table_entry 0.6.1's `LA64PTE`."""
+
 from __future__ import annotations
 
 from ..codec import PteCodec

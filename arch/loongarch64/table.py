@@ -1,4 +1,5 @@
 """LoongArch64 metadata and page table (crate: `LA64MetaData`, `LA64PageTable`)."""
+
 from __future__ import annotations
 
 from ..memory import PagingHandler

@@ -1,5 +1,6 @@
 """RISC-V Sv39/Sv48/Sv57 page table entries (privileged spec 12.4-12.6, Svpbmt chapter),
 encoded exactly as page_table_entry 0.6.1's `Rv64PTE` unless Svpbmt is enabled."""
+
 from __future__ import annotations
 
 from ..codec import PteCodec
@@ -58,9 +59,7 @@ class Rv64Codec(PteCodec):
                 "marks a pointer to the next level table"
             )
         if flags & MappingFlags.WRITE and not flags & MappingFlags.READ:
-            raise InvalidFlags(
-                f"RISC-V reserves writable-but-not-readable leaves ({flags.letters()}): W needs R"
-            )
+            raise InvalidFlags(f"RISC-V reserves writable-but-not-readable leaves ({flags.letters()}): W needs R")
 
     def encode_attributes(self, flags: MappingFlags, size: PageSize) -> int:
         bits = V | A | D  # crate: V | A | D on every leaf

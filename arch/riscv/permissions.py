@@ -1,5 +1,6 @@
 """RISC-V Sv39/Sv48/Sv57 permission model (privileged spec v1.12, 4.3.2 "Virtual Address
 Translation Process", 4.4/4.5 for Sv39/Sv48, 3.1.6.3 SUM/MXR)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,9 +26,7 @@ class RiscvPermissions:
     def __init__(self, svpbmt: bool = False) -> None:
         self.reserved = RESERVED_HIGH & ~((3 << 61) if svpbmt else 0)
 
-    def predict(
-        self, table: PageTable64, walk: WalkBatch, access: np.ndarray, user: bool, options: int
-    ) -> Prediction:
+    def predict(self, table: PageTable64, walk: WalkBatch, access: np.ndarray, user: bool, options: int) -> Prediction:
         count = len(walk.vaddrs)
         access = np.asarray(access)
         fault = ~walk.valid  # non-canonical: a page fault for the access (4.3.2, 4.4.1)
@@ -71,7 +70,7 @@ class RiscvPermissions:
         )
         user_page = entry_bits(leaf, U)
         if user:
-            return by_kind & user_page  # U-mode may only touch U pages
+            return np.asarray(by_kind & user_page, dtype=np.bool_)  # U-mode may only touch U pages
         # S-mode: U pages only with SUM, and never for instruction fetch (3.1.6.3)
         supervisor_ok = ~user_page | ((access != FETCH) & bool(options & OPTION_SUM))
-        return by_kind & supervisor_ok
+        return np.asarray(by_kind & supervisor_ok, dtype=np.bool_)

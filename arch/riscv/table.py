@@ -1,4 +1,5 @@
 """RISC-V metadata and page tables (crate: `Sv39MetaData`, `Sv48MetaData`; Sv57 is ours)."""
+
 from __future__ import annotations
 
 from ..memory import PagingHandler

@@ -1,5 +1,6 @@
 """x86_64 page table entries (Intel SDM Vol. 3A, 4.5 "4-level and 5-level paging", tables
 4-15 to 4-20), encoded exactly as page_table_entry 0.6.1's `X64PTE`."""
+
 from __future__ import annotations
 
 from ..codec import PteCodec

@@ -1,4 +1,5 @@
 """x86_64 metadata and page tables (crate: `X64PagingMetaData`, `X64PageTable`)."""
+
 from __future__ import annotations
 
 from ..metadata import PagingMetaData

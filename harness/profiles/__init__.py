@@ -1,4 +1,5 @@
 """Machine profiles by architecture name (each module defines `<arch>_profile()`)."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """riscv64 on `qemu-system-riscv64 -machine virt` (guests/riscv64/README.md)."""
+
 from __future__ import annotations
 
 from arch.riscv import Sv39PageTable, Sv48PageTable, Sv57PageTable
@@ -11,8 +12,14 @@ RAM_BASE = 0x8000_0000  # virt: DRAM at 0x8000_0000 (QEMU-NOTES, RISC-V)
 RAM_SIZE = 2 << 30
 EBREAK = 0x0010_0073  # the tag's trap instruction (ABI.md)
 CAUSES = {
-    1: "instruction access fault", 2: "illegal instruction", 3: "breakpoint", 5: "load access fault",
-    7: "store access fault", 12: "instruction page fault", 13: "load page fault", 15: "store page fault",
+    1: "instruction access fault",
+    2: "illegal instruction",
+    3: "breakpoint",
+    5: "load access fault",
+    7: "store access fault",
+    12: "instruction page fault",
+    13: "load page fault",
+    15: "store page fault",
 }
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures for the library tests: every table type, with the address ranges it serves."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,7 +34,12 @@ TABLE_KINDS = [
     TableKind("sv48", Sv48PageTable, 0x0000_7F00_0000_0000, 0xFFFF_8000_0000_0000),
     TableKind("sv57", Sv57PageTable, 0x00FF_0000_0000_0000, 0xFF00_0000_0000_0000),
     TableKind("loongarch64", LA64PageTable, 0x0000_7F00_0000_0000, 0xFFFF_8000_0000_0000),
-    TableKind("loongarch64-invalid-tables", lambda ram: LA64PageTable(ram, invalid_tables=True), 0x0000_7F00_0000_0000, 0xFFFF_8000_0000_0000),
+    TableKind(
+        "loongarch64-invalid-tables",
+        lambda ram: LA64PageTable(ram, invalid_tables=True),
+        0x0000_7F00_0000_0000,
+        0xFFFF_8000_0000_0000,
+    ),
 ]
 
 

@@ -1,11 +1,18 @@
 """What each architecture encodes and how flags come back through query(), written from
 CRATE-ENCODINGS.md and the issue's rules, independently of the library's codecs."""
+
 from __future__ import annotations
 
 from arch import MappingFlags
 
-R, W, X, U, D, C = (MappingFlags.READ, MappingFlags.WRITE, MappingFlags.EXECUTE, MappingFlags.USER,
-                    MappingFlags.DEVICE, MappingFlags.UNCACHED)
+R, W, X, U, D, C = (
+    MappingFlags.READ,
+    MappingFlags.WRITE,
+    MappingFlags.EXECUTE,
+    MappingFlags.USER,
+    MappingFlags.DEVICE,
+    MappingFlags.UNCACHED,
+)
 
 
 def arch_of(kind_name: str) -> str:

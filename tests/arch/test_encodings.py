@@ -1,5 +1,6 @@
 """Entry encodings against values worked out by hand from the architecture manuals (and the
 crate's documented choices), for every page size, in both halves of the address space."""
+
 from __future__ import annotations
 
 import itertools
@@ -14,8 +15,14 @@ from arch.x86_64 import X64PageTable, X64PageTable5
 
 from .flag_rules import encodable, expected_round_trip
 
-R, W, X, U, D, C = (MappingFlags.READ, MappingFlags.WRITE, MappingFlags.EXECUTE, MappingFlags.USER,
-                    MappingFlags.DEVICE, MappingFlags.UNCACHED)
+R, W, X, U, D, C = (
+    MappingFlags.READ,
+    MappingFlags.WRITE,
+    MappingFlags.EXECUTE,
+    MappingFlags.USER,
+    MappingFlags.DEVICE,
+    MappingFlags.UNCACHED,
+)
 K4, M2, G1 = PageSize.SIZE_4K, PageSize.SIZE_2M, PageSize.SIZE_1G
 ALL_COMBINATIONS = [MappingFlags(v) for v in range(1, 64)]
 
@@ -137,6 +144,7 @@ def test_huge_pages_use_the_right_level(size):
 
 
 def test_all_combinations_cover_every_bit():
-    seen = set(itertools.chain.from_iterable(
-        [flag for flag in MappingFlags if flag in combo] for combo in ALL_COMBINATIONS))
+    seen = set(
+        itertools.chain.from_iterable([flag for flag in MappingFlags if flag in combo] for combo in ALL_COMBINATIONS)
+    )
     assert seen == set(MappingFlags)

@@ -6,6 +6,7 @@ including which error — by the crate's rules applied one page at a time. Invar
 step: the table's full mapping list equals the model's, the RAM image's allocated frames are
 exactly the table's frames, and a failed operation changed no byte of RAM and no frame.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -207,10 +208,12 @@ class TableMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def map_region(self, data: st.DataObject) -> None:
         va = self.address(data)
-        length = data.draw(st.sampled_from([K4, 3 * K4, 0x20_0000, 0x20_0000 + 5 * K4, 0x40_0000 - K4, 0x4020_0000]))
-        pa = va % (1 << 30) + data.draw(st.sampled_from([0, K4, 0x20_0000, 1 << 30]))
-        flags = self.flags(data)
         allow_huge = data.draw(st.booleans())
+        small = [K4, 3 * K4, 0x20_0000, 0x20_0000 + 5 * K4, 0x40_0000 - K4]
+        length = data.draw(st.sampled_from(small + [0x4020_0000] if allow_huge else small))
+        offsets = [0, K4, 0x20_0000, 1 << 30] if length < (1 << 30) else [0, 1 << 30]  # keep 1G runs huge
+        pa = va % (1 << 30) + data.draw(st.sampled_from(offsets))
+        flags = self.flags(data)
         model = self.model.copy()
         error: type[PagingError] | None = None
         if not encodable(self.arch, flags):
@@ -333,7 +336,7 @@ def test_table_matches_model(kind: TableKind, hypothesis_profile_examples: int) 
     machine = type(f"Machine_{kind.name}", (TableMachine,), {"kind": kind})
     settings(
         max_examples=hypothesis_profile_examples,
-        stateful_step_count=40,
+        stateful_step_count=30,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )(machine)

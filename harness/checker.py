@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from arch import MappingFlags, PagingError
+from arch import MappingFlags, PagingError, QueryBatch
 from arch.permissions import FETCH, LOAD, STORE, Prediction
 
 from . import mailbox as mb
@@ -58,6 +58,8 @@ class CheckStats:
     deviations: Counter[str] = field(default_factory=Counter)
     kept: list[Mismatch] = field(default_factory=list)
     guest_seconds: float = 0.0
+    observed: int = 0
+    check_seconds: float = 0.0
 
     def add_mismatches(self, found: list[Mismatch]) -> None:
         """Count mismatches, keeping the first few for the report."""
@@ -180,6 +182,7 @@ class Checker:
     # -- running -----------------------------------------------------------------------------
     def check(self, full: bool = True, seed: int = 0) -> None:
         """Probe everything mapped so far (plus holes) under every option set."""
+        started = time.perf_counter()
         rng = np.random.default_rng(seed)
         probes, pages = self.probe_set(full, rng)
         self.stats.pages += pages
@@ -203,6 +206,40 @@ class Checker:
             store_words = np.where(query.mapped[stores], query.paddr[stores] & ~np.uint64(7), probes.vaddrs[stores])
             for round_ in _alias_rounds(store_words):
                 self._run(stores[round_], expected)
+        self._observe(probes, query, full)
+        self.stats.check_seconds += time.perf_counter() - started
+
+    def _observe(self, probes: ProbeSet, query: QueryBatch, full: bool) -> None:
+        """The second observer: QEMU's debug translation must give every probed load address
+        the physical address query() predicts, and (in full checks) none to holes."""
+        loads = np.flatnonzero((probes.access == LOAD) & (query.mapped | full))
+        vaddrs = probes.vaddrs[loads]
+        values = self.profile.debug_read(self.session, self.tables, self.variant, vaddrs.tolist())
+        if values is None:
+            return
+        found: list[Mismatch] = []
+        low, high = self.profile.layout.data_window
+        for i, value in enumerate(values):
+            index = loads[i]
+            mapped = bool(query.mapped[index])
+            predicted = int(query.paddr[index]) & ~7
+            if mapped and not low <= predicted < high:
+                continue  # no tag there to reveal the address
+            got = None if value is None else mb.tag_paddr(int.from_bytes(value, "little"))
+            if (got is None) != (not mapped) or (mapped and got != predicted):
+                found.append(self._observer_mismatch(int(vaddrs[i]), predicted if mapped else None, got, len(found)))
+        self.stats.observed += len(values)
+        self.stats.add_mismatches(found)
+
+    def _observer_mismatch(self, vaddr: int, predicted: int | None, got: int | None, earlier: int) -> Mismatch:
+        seen = "no translation" if got is None else f"physical {got:#x}"
+        return Mismatch(
+            vaddr=vaddr, access="debug", option_set="gdbstub", predicted_ok=predicted is not None,
+            predicted_paddr=predicted, predicted_cause=0, predicted_addr=0, observed_ok=got is not None,
+            observed_value=got or 0, observed_cause=0, observed_addr=0,
+            reason=f"QEMU's debug translation gives {seen}",
+            walk=self.describe_walk(vaddr) if len(self.stats.kept) + earlier < MAX_KEPT_MISMATCHES else (),
+        )
 
     def _unsafe(self, expected: Expected) -> np.ndarray:
         """Probes a deviation says must never be sent (counted, and reported with the reason)."""

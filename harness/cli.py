@@ -85,7 +85,7 @@ def check_variant(profile: Profile, variant: Variant, args: argparse.Namespace, 
     started = time.perf_counter()
     progress.prefix = f"{profile.arch}/{variant.name}: "
     progress("booting")
-    with GuestSession(profile, variant, batch_timeout=args.batch_timeout) as session:
+    with GuestSession(profile, variant, batch_timeout=args.batch_timeout, gdbstub=not args.no_observer) as session:
         runner = ScenarioRunner(profile, variant, session, seed=args.seed, progress=progress)
         operations, source = _operations(args, profile, runner.tables)
         runner.source = source
@@ -230,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="check the MMU against the library's predictions")
     common(check, "all")
     check.add_argument("--json", action="store_true", help="print one JSON object per arch/mode")
+    check.add_argument(
+        "--no-observer",
+        action="store_true",
+        help="skip the second observer (QEMU's debug translation through the gdbstub) for speed",
+    )
     check.set_defaults(run=command_check)
     scenario = sub.add_parser("scenario", help="print the built-in scenario")
     common(scenario, None)

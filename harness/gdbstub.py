@@ -158,6 +158,20 @@ class GdbClient:
             values[register.name] = int.from_bytes(bytes.fromhex(reply.decode()), "little")
         return values
 
+    def write_registers(self, values: dict[str, int]) -> None:
+        """Writes registers (`P` packets) while the VM is stopped; GdbError if QEMU refuses."""
+        table = self.registers()
+        unknown = sorted(set(values) - table.keys())
+        if unknown:
+            raise self._error(f"no such registers: {', '.join(unknown)}")
+        bodies = []
+        for name, value in values.items():
+            register = table[name]
+            data = (value & ((1 << register.bitsize) - 1)).to_bytes(register.bitsize // 8, "little")
+            bodies.append(b"P%x=%s" % (register.regnum, data.hex().encode()))
+        for name, reply in zip(values, self._exchange(bodies), strict=True):
+            self._expect_ok(reply, f"writing register {name}")
+
     # ---- run control ----------------------------------------------------------------------
 
     def interrupt(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from arch.permissions import PermissionModel, Prediction
 from .build import GuestImage
 from .machine import Machine, MachineSpec
 from .tableset import TableSet
+
+if TYPE_CHECKING:
+    from .session import GuestSession
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,11 @@ class Profile:
         just above the low half, just below the high half, and two far off."""
         half = 1 << (va_bits - 1)
         return [half, (1 << 64) - half - 8, 0x8000_0000_0000_0000, 0x5555_5555_5555_5550]
+
+    def debug_read(self, session: GuestSession, tables: TableSet, variant: Variant, vaddrs: list[int]) -> list[bytes | None] | None:
+        """Read 8 bytes at each virtual address through QEMU's own debug translation (gdbstub)
+        with the tables loaded, or None when the architecture has no such observer."""
+        return None
 
     def wake(self, machine: Machine) -> None:
         """Wake the guest after writing `go` (timer-woken guests need nothing)."""

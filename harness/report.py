@@ -31,8 +31,9 @@ class VariantReport:
 
     @property
     def probes_per_second(self) -> float:
-        """Verified probes per second over the whole run."""
-        return self.stats.probes / self.seconds if self.seconds else 0.0
+        """Verified probes per second while checking: prediction, guest run, comparison and the
+        second observer (table building and boot excluded)."""
+        return self.stats.probes / self.stats.check_seconds if self.stats.check_seconds else 0.0
 
     def as_json(self) -> dict[str, object]:
         """The machine-readable form (one object per arch/mode)."""
@@ -46,9 +47,11 @@ class VariantReport:
             "mismatches": self.stats.mismatches,
             "deviations": dict(self.stats.deviations),
             "skipped_probes": self.stats.skipped,
+            "debug_translations": self.stats.observed,
             "seconds": round(self.seconds, 3),
             "boot_seconds": round(self.boot_seconds, 3),
             "guest_seconds": round(self.stats.guest_seconds, 3),
+            "check_seconds": round(self.stats.check_seconds, 3),
             "probes_per_second": round(self.probes_per_second),
             "error": self.error,
             "mismatch_details": [mismatch_json(m) for m in self.stats.kept],

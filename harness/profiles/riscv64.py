@@ -6,10 +6,13 @@ from arch.riscv import Sv39PageTable, Sv48PageTable, Sv57PageTable
 from arch.riscv.permissions import OPTION_MXR, OPTION_SUM, RiscvPermissions
 
 from ..profile import OptionSet, Profile, RamLayout, Variant
+from ..session import GuestSession
 from ..tableset import TableSet
 
 RAM_BASE = 0x8000_0000  # virt: DRAM at 0x8000_0000 (QEMU-NOTES, RISC-V)
 RAM_SIZE = 2 << 30
+MSTATUS_SUM = 1 << 18  # privileged spec 3.1.6.3
+MSTATUS_MXR = 1 << 19
 EBREAK = 0x0010_0073  # the tag's trap instruction (ABI.md)
 CAUSES = {
     1: "instruction access fault",
@@ -37,6 +40,25 @@ class Riscv64Profile(Profile):
             OptionSet("U", 1),
             OptionSet("U+MXR", 1 | OPTION_MXR),
         ]
+
+    def debug_read(
+        self, session: GuestSession, tables: TableSet, variant: Variant, vaddrs: list[int]
+    ) -> list[bytes | None] | None:
+        """The gdbstub translates with the current satp and privilege, and (measured on QEMU
+        10.0.2) applies the load permission checks: pause the guest, load the table into satp at
+        S privilege (gdb's virtual `priv` register) with SUM and MXR set so every leaf is
+        readable, read, restore."""
+        gdb = session.machine.gdb
+        if gdb is None:
+            return None
+        satp = variant.mailbox_mode << 60 | tables.roots[0] >> 12
+        with gdb.paused():
+            saved = gdb.read_registers(["satp", "priv", "mstatus"])
+            gdb.write_registers({"satp": satp, "priv": 1, "mstatus": saved["mstatus"] | MSTATUS_SUM | MSTATUS_MXR})
+            try:
+                return gdb.read_memory_many(vaddrs, 8)
+            finally:
+                gdb.write_registers(saved)
 
     def explain_cause(self, cause: int) -> str:
         return f"mcause {cause} ({CAUSES.get(cause, 'unexpected')})"

@@ -22,7 +22,7 @@ PROFILE = get_profile("riscv64")
 
 @pytest.fixture(scope="module", params=list(PROFILE.variants))
 def session(request: pytest.FixtureRequest) -> Iterator[GuestSession]:
-    with GuestSession(PROFILE, PROFILE.variants[request.param]) as running:
+    with GuestSession(PROFILE, PROFILE.variants[request.param], gdbstub=True) as running:
         yield running
 
 
@@ -39,6 +39,7 @@ def test_builtin_scenario_has_no_mismatch(session: GuestSession) -> None:
     stats = runner.run(default_scenario(PROFILE, runner.tables, seed=7, random_pages=20_000))
     assert stats.probes > 40_000 and stats.pages > 20_000
     assert stats.mismatches == 0, stats.kept[:3]
+    assert stats.observed > 20_000, "the second observer (QEMU's debug translation) checked every page"
 
 
 class IgnoresSum(RiscvPermissions):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from arch import MappingFlags, PagingError, QueryBatch
+from arch import MappingFlags, PagingError, QueryBatch, WalkBatch
 from arch.permissions import FETCH, LOAD, STORE, Prediction
 
 from . import mailbox as mb
@@ -25,6 +25,7 @@ from .session import BatchResult, GuestSession
 from .tableset import TableSet
 
 MAX_KEPT_MISMATCHES = 50
+QUICK_HOLE_STRIDE = 16  # a quick check probes the hole after every 16th page
 HOLE_SPANS = (0x1000, 0x20_0000, 0x4000_0000, 0x80_0000_0000)
 
 
@@ -60,6 +61,7 @@ class CheckStats:
     guest_seconds: float = 0.0
     observed: int = 0
     check_seconds: float = 0.0
+    observer_seconds: float = 0.0
 
     def add_mismatches(self, found: list[Mismatch]) -> None:
         """Count mismatches, keeping the first few for the report."""
@@ -106,6 +108,17 @@ class ProbeSet:
 
     vaddrs: np.ndarray
     access: np.ndarray
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The probes of one check and what the library predicts for them."""
+
+    probes: ProbeSet
+    pages: int
+    walk: WalkBatch
+    query: QueryBatch
+    full: bool
 
 
 def _unique(values: np.ndarray) -> np.ndarray:
@@ -166,7 +179,7 @@ class Checker:
             kinds: tuple[int, ...] = (LOAD, STORE, FETCH)
         else:
             offsets = (rng.integers(0, 1 << 62, len(starts), dtype=np.uint64) % (sizes >> np.uint64(3))) << np.uint64(3)
-            holes = _unique(starts + sizes)
+            holes = _unique((starts + sizes)[::QUICK_HOLE_STRIDE])  # a sample: faults are slow to probe
             holes = holes[~self.tables.query_many(holes).mapped & ~self._reserved(holes)]
             vaddrs = np.concatenate([starts + offsets, holes])
             kinds = (LOAD,)
@@ -182,12 +195,23 @@ class Checker:
     # -- running -----------------------------------------------------------------------------
     def check(self, full: bool = True, seed: int = 0) -> None:
         """Probe everything mapped so far (plus holes) under every option set."""
+        self.execute(self.plan(full, seed))
+
+    def plan(self, full: bool = True, seed: int = 0) -> Plan:
+        """Choose the probes and predict their translations from the tables as they are now."""
         started = time.perf_counter()
-        rng = np.random.default_rng(seed)
-        probes, pages = self.probe_set(full, rng)
-        self.stats.pages += pages
+        probes, pages = self.probe_set(full, np.random.default_rng(seed))
         walk = self.tables.walk_many(probes.vaddrs)
-        query = self.tables.query_walk(walk)
+        plan = Plan(probes, pages, walk, self.tables.query_walk(walk), full)
+        self.stats.check_seconds += time.perf_counter() - started
+        return plan
+
+    def execute(self, plan: Plan) -> None:
+        """Run a plan's probes under every option set and compare (the tables in RAM may have
+        changed since the plan was made: that is how `sensitivity` mutates entries)."""
+        started = time.perf_counter()
+        probes, walk, query, full = plan.probes, plan.walk, plan.query, plan.full
+        self.stats.pages += plan.pages
         for option_set in self.profile.option_sets(full):
             self._install_guest_mappings(option_set)
             expected = Expected(
@@ -206,7 +230,9 @@ class Checker:
             store_words = np.where(query.mapped[stores], query.paddr[stores] & ~np.uint64(7), probes.vaddrs[stores])
             for round_ in _alias_rounds(store_words):
                 self._run(stores[round_], expected)
+        observing = time.perf_counter()
         self._observe(probes, query, full)
+        self.stats.observer_seconds += time.perf_counter() - observing
         self.stats.check_seconds += time.perf_counter() - started
 
     def _observe(self, probes: ProbeSet, query: QueryBatch, full: bool) -> None:
@@ -234,9 +260,17 @@ class Checker:
     def _observer_mismatch(self, vaddr: int, predicted: int | None, got: int | None, earlier: int) -> Mismatch:
         seen = "no translation" if got is None else f"physical {got:#x}"
         return Mismatch(
-            vaddr=vaddr, access="debug", option_set="gdbstub", predicted_ok=predicted is not None,
-            predicted_paddr=predicted, predicted_cause=0, predicted_addr=0, observed_ok=got is not None,
-            observed_value=got or 0, observed_cause=0, observed_addr=0,
+            vaddr=vaddr,
+            access="debug",
+            option_set="gdbstub",
+            predicted_ok=predicted is not None,
+            predicted_paddr=predicted,
+            predicted_cause=0,
+            predicted_addr=0,
+            observed_ok=got is not None,
+            observed_value=got or 0,
+            observed_cause=0,
+            observed_addr=0,
             reason=f"QEMU's debug translation gives {seen}",
             walk=self.describe_walk(vaddr) if len(self.stats.kept) + earlier < MAX_KEPT_MISMATCHES else (),
         )

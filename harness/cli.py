@@ -6,6 +6,10 @@
     ptcheck explain  --arch A --va VA [--mode M] [--scenario F]
                                                          one address, every access and privilege,
                                                          prediction beside the real MMU's answer
+    ptcheck fuzz     --arch A [--mode M] [--iterations N] [--operations K] [--seed S]
+                                                         random scenarios, each checked in full
+    ptcheck sensitivity --arch A [--mode M]              flip each leaf-entry bit behind the
+                                                         library's back: which ones the MMU sees
 
 Exit status: 0 when every check passed, 1 when something mismatched, 2 on errors (bad input,
 QEMU or guest failure, missing emulator).
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from collections.abc import Iterable
 from typing import TextIO
 
@@ -23,6 +28,7 @@ from arch import PagingError, RamImage
 
 from .checker import Checker, CheckStats
 from .default_scenario import RANDOM_PAGES, default_scenario
+from .explore import fuzz, sensitivity
 from .machine import MachineError
 from .profile import Profile, Variant
 from .profiles import available_arches, get_profile
@@ -199,6 +205,71 @@ def command_explain(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def command_fuzz(args: argparse.Namespace) -> int:
+    profile = get_profile(args.arch)
+    if not profile.available():
+        print(f"error: {profile.install_hint()}", file=sys.stderr)
+        return EXIT_ERROR
+    progress = Progress(sys.stderr, True)
+    failed = False
+    for variant in _variants(profile, args.mode):
+        progress.prefix = f"{profile.arch}/{variant.name} fuzz: "
+        with GuestSession(profile, variant, batch_timeout=args.batch_timeout) as session:
+            result = fuzz(
+                profile,
+                variant,
+                session,
+                iterations=args.iterations,
+                operations=args.operations,
+                seed=args.seed,
+                save_dir=Path(args.save),
+                progress=progress,
+            )
+            session.power_off()
+        progress.done()
+        print(
+            f"{profile.arch}/{variant.name}: {result.iterations} random scenarios, {result.applied} operations "
+            f"applied, {result.rejected} rejected by the library, {result.probes} probes, "
+            f"{result.mismatches} mismatches"
+        )
+        for path in result.saved:
+            print(f"  reproduce with: ptcheck check --arch {profile.arch} --mode {variant.name} --scenario {path}")
+        failed |= result.mismatches > 0
+    return EXIT_MISMATCH if failed else EXIT_PASS
+
+
+def command_sensitivity(args: argparse.Namespace) -> int:
+    profile = get_profile(args.arch)
+    if not profile.available():
+        print(f"error: {profile.install_hint()}", file=sys.stderr)
+        return EXIT_ERROR
+    variant = _variants(profile, args.mode)[0]
+    progress = Progress(sys.stderr, True)
+    progress.prefix = f"{profile.arch}/{variant.name} sensitivity: "
+    with GuestSession(profile, variant, batch_timeout=args.batch_timeout) as session:
+        names = bit_names(variant.make_tables(_scratch_ram(profile)).primary.codec)
+        verdicts = sensitivity(profile, variant, session, bits=list(range(64)), progress=progress)
+        session.power_off()
+    progress.done()
+    print(f"{profile.arch}/{variant.name}: flipping one bit in every leaf entry, behind the library's back")
+    print(f"{'bit':>4}  {'name':<16}{'mismatches':>11}{'probes':>9}  the MMU...")
+    for verdict in verdicts:
+        effect = "behaves differently" if verdict.mismatches else "ignores it (no probe changed)"
+        name = names.get(verdict.bit, "")
+        print(f"{verdict.bit:>4}  {name:<16}{verdict.mismatches:>11}{verdict.probes:>9}  {effect}")
+    return EXIT_PASS
+
+
+def bit_names(codec: object) -> dict[int, str]:
+    """Single-bit constants of the codec's module (e.g. 4 -> 'U'), for labelling bits."""
+    module = sys.modules[type(codec).__module__]
+    names: dict[int, str] = {}
+    for name, value in vars(module).items():
+        if name.isupper() and isinstance(value, int) and value > 0 and value & (value - 1) == 0:
+            names.setdefault(value.bit_length() - 1, name)
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptcheck", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -246,7 +317,23 @@ def build_parser() -> argparse.ArgumentParser:
     common(explain, None)
     explain.add_argument("--va", required=True, help="the virtual address to explain")
     explain.set_defaults(run=command_explain)
+    fuzz_parser = sub.add_parser("fuzz", help="random operation sequences, each checked in full on the MMU")
+    common(fuzz_parser, None)
+    fuzz_parser.add_argument("--iterations", type=_positive, default=20, help="random scenarios per mode (default 20)")
+    fuzz_parser.add_argument("--operations", type=_positive, default=60, help="operations per scenario (default 60)")
+    fuzz_parser.add_argument("--save", default="fuzz-failures", help="where failing scenarios are written")
+    fuzz_parser.set_defaults(run=command_fuzz)
+    sens = sub.add_parser("sensitivity", help="which entry bits the MMU's behaviour reveals (one flip at a time)")
+    common(sens, None)
+    sens.set_defaults(run=command_sensitivity)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text, 0)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
 
 
 def _non_negative(text: str) -> int:

@@ -131,6 +131,7 @@ class Profile:
     deviations: list[Deviation] = field(default_factory=list)
     clean_exit_statuses: frozenset[int] = frozenset({0})
     sizes: tuple[PageSize, ...] = (PageSize.SIZE_4K, PageSize.SIZE_2M, PageSize.SIZE_1G)
+    mutation_safe_fetch: bool = True  # False where a fetch through a corrupted entry can hang QEMU
 
     # -- environment -------------------------------------------------------------------------
     def available(self) -> bool:

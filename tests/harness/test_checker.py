@@ -44,7 +44,7 @@ class SimulatedGuest:
         self.profile = profile
         self.variant = variant
         self.ram = RamImage(profile.ram_base, profile.ram_size, pool=profile.layout.table_pool)
-        self.machine = SimpleNamespace(version=version)
+        self.machine = SimpleNamespace(version=version, gdb=None)
         self.image = None
         self.capacity = 4096
         self.tables = None

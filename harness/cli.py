@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TextIO
 
 from arch import PagingError, RamImage

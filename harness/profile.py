@@ -172,7 +172,9 @@ class Profile:
         half = 1 << (va_bits - 1)
         return [half, (1 << 64) - half - 8, 0x8000_0000_0000_0000, 0x5555_5555_5555_5550]
 
-    def debug_read(self, session: GuestSession, tables: TableSet, variant: Variant, vaddrs: list[int]) -> list[bytes | None] | None:
+    def debug_read(
+        self, session: GuestSession, tables: TableSet, variant: Variant, vaddrs: list[int]
+    ) -> list[bytes | None] | None:
         """Read 8 bytes at each virtual address through QEMU's own debug translation (gdbstub)
         with the tables loaded, or None when the architecture has no such observer."""
         return None

@@ -46,21 +46,24 @@ class PteCodec:
         """Raise InvalidFlags unless the architecture encodes `flags` faithfully."""
         if not flags:
             raise InvalidFlags("empty mapping flags: a mapping needs at least one flag")
-        if flags & ~ALL_FLAGS:
-            raise InvalidFlags(f"unknown flag bits {int(flags & ~ALL_FLAGS):#x} in {int(flags):#x}")
+        if int(flags) & ~int(ALL_FLAGS):
+            raise InvalidFlags(f"unknown flag bits {int(flags) & ~int(ALL_FLAGS):#x} in {int(flags):#x}")
 
     def encode_attributes(self, flags: MappingFlags, size: PageSize) -> int:
         """The entry bits other than the address for a leaf with `flags` (already checked)."""
         raise NotImplementedError
 
-    def template(self, flags: MappingFlags, size: PageSize) -> int:
-        """Cached `encode_attributes`; raises InvalidFlags for flags the codec rejects."""
-        key = (int(flags), size)
-        bits = self._template_cache.get(key)
+    def template(self, flags: MappingFlags | int, size: PageSize) -> int:
+        """Cached `encode_attributes`; raises InvalidFlags for flags the codec rejects and
+        TypeError for anything that is not flags."""
+        bits = self._template_cache.get((flags, size))
         if bits is None:
-            self.check_flags(MappingFlags(flags))
-            bits = self.encode_attributes(MappingFlags(flags), size)
-            self._template_cache[key] = bits
+            if isinstance(flags, bool) or not isinstance(flags, int):
+                raise TypeError(f"flags must be MappingFlags, not {type(flags).__name__} {flags!r}")
+            checked = MappingFlags(flags & 0x3F) if 0 <= flags <= 0x3F else flags
+            self.check_flags(checked)  # type: ignore[arg-type]
+            bits = self.encode_attributes(MappingFlags(flags), PageSize(size))
+            self._template_cache[(int(flags), PageSize(size))] = bits
         return bits
 
     def encode_pa(self, paddr: int) -> int:

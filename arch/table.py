@@ -275,7 +275,7 @@ class PageTable64:
         return va, length
 
     def _check_pa(self, paddr: object, length: int = 1) -> int:
-        pa = _as_int("paddr", paddr)
+        pa = paddr if type(paddr) is int else _as_int("paddr", paddr)
         if pa < 0 or pa + length > self.metadata.pa_limit:
             raise InvalidAddress(
                 f"physical address range [{pa:#x}, {pa + length:#x}) is outside the "
@@ -377,26 +377,37 @@ class PageTable64:
     def _table_at(self, va: int, level: int) -> tuple[int, bool]:
         """The table at `level` on `va`'s path, creating missing tables above it.
 
-        Returns (table address, whether it was created by this call).
+        Returns (table address, whether it was created by this call). Works on word indexes
+        into the handler's memory, like `_find`.
         """
         codec = self.codec
-        table = self._root
+        words = self._words
+        base_index = self._words_base >> 3
+        pa_field = codec.PA_FIELD
+        index_shift = 3 - codec.PA_SHIFT
+        huge_mask = self._huge_mask
+        huge_flip = 0 if self._huge_when_set else huge_mask
+        empty = self._empty
+        index = (self._root >> 3) - base_index
         fresh = False
         for lv in range(level):
-            epa = table + (((va >> self._shifts[lv]) & 511) << 3)
-            entry = self._read(epa)
-            if entry == self._empty[lv]:
+            slot = index + ((va >> self._shifts[lv]) & 511)
+            entry = words[slot]
+            if entry == empty[lv]:
                 new = self._alloc_frame()
                 self._fill_table(new, lv + 1)
-                self._set(epa, codec.table(new))
-                table, fresh = new, True
-            elif codec.is_huge(entry):
+                self._set((slot + base_index) << 3, codec.table(new))
+                index, fresh = (new >> 3) - base_index, True
+            elif (entry & huge_mask) ^ huge_flip:
                 raise MappedToHugePage(f"a huge page at level {lv} (entry {entry:#x}) already maps {va:#x}")
             else:
-                table = codec.paddr(entry)
-                if table == 0:
+                target = entry & pa_field
+                if not target:
                     raise NotMapped(f"entry {entry:#x} at level {lv} points to physical 0")
-        return table, fresh
+                index = (target >> index_shift) - base_index
+                if index < 0:
+                    self._read(target << codec.PA_SHIFT)  # raises the handler's error naming it
+        return (index + base_index) << 3, fresh
 
     def _flush_hook(self, vaddr: int | None) -> None:
         self.metadata.flush_tlb(vaddr)
@@ -413,13 +424,15 @@ class PageTable64:
         UnsupportedPageSize, AlreadyMapped (slot in use, even by an empty table),
         MappedToHugePage (a huge page covers vaddr) or NoMemory.
         """
-        self._check_alive()
+        if self._freed:
+            self._check_alive()
         va = self._check_va(vaddr)
-        page_size = self._check_page_size(size)
+        level = self._level_of_size.get(size) if type(size) is PageSize else None
+        page_size = self._check_page_size(size) if level is None else size
         if va & (page_size - 1):
             raise NotAligned(f"virtual address {va:#x} is not aligned to the {page_size.label} page size")
         pa = self._check_pa(paddr) & ~(page_size - 1)
-        entry = self.codec.page(pa, MappingFlags(flags), page_size)
+        entry = self.codec.page(pa, flags, page_size)
         level = self._level_of_size[page_size]
         with self._atomic:
             table, _ = self._table_at(va, level)
@@ -463,7 +476,7 @@ class PageTable64:
         va = self._check_va(vaddr)
         epa, entry, _, size = self._leaf(va)
         with self._atomic:
-            self._set(epa, self.codec.with_flags(entry, MappingFlags(flags), size))
+            self._set(epa, self.codec.with_flags(entry, flags, size))
         return size, TlbFlush(va, self._flush_hook)
 
     def remap(self, vaddr: int, paddr: int, flags: MappingFlags) -> tuple[PageSize, TlbFlush]:
@@ -473,7 +486,7 @@ class PageTable64:
         epa, _, _, size = self._leaf(va)
         pa = self._check_pa(paddr) & ~(size - 1)
         with self._atomic:
-            self._set(epa, self.codec.page(pa, MappingFlags(flags), size))
+            self._set(epa, self.codec.page(pa, flags, size))
         return size, TlbFlush(va, self._flush_hook)
 
     # -- region operations -------------------------------------------------------------------

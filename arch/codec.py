@@ -123,11 +123,43 @@ class PteCodec:
         return flags
 
     def flags_many(self, entries: U64) -> np.ndarray:
-        """Vector form of `flags` (uint8 array of MappingFlags values)."""
-        out = np.zeros(len(entries), dtype=np.uint8)
-        for mask, value, flag in self.FLAG_RULES:
-            out |= np.where((entries & np.uint64(mask)) == np.uint64(value), np.uint8(flag), np.uint8(0))
-        return np.where(self.present(entries), out, np.uint8(0))
+        """Vector form of `flags` (uint8 array of MappingFlags values): the bits the rules and
+        the present test look at are packed into a small key, and a table made with `flags`
+        translates keys to flags."""
+        runs, table = self._flag_lookup()
+        key = np.zeros(len(entries), dtype=np.uint64)
+        for start, width, offset in runs:
+            key |= ((entries >> np.uint64(start)) & np.uint64((1 << width) - 1)) << np.uint64(offset)
+        return table[key]
+
+    def _flag_lookup(self) -> tuple[list[tuple[int, int, int]], np.ndarray]:
+        """(runs of relevant entry bits as (first bit, width, key offset), key -> flags table)."""
+        cached = getattr(self, "_lookup", None)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        relevant = self.PRESENT[0]
+        for mask, _, _ in self.FLAG_RULES:
+            relevant |= mask
+        runs: list[tuple[int, int, int]] = []
+        offset = bit = 0
+        while bit < 64:
+            if relevant >> bit & 1:
+                width = 1
+                while bit + width < 64 and relevant >> (bit + width) & 1:
+                    width += 1
+                runs.append((bit, width, offset))
+                offset += width
+                bit += width
+            else:
+                bit += 1
+        table = np.zeros(1 << offset, dtype=np.uint8)
+        for key in range(1 << offset):
+            entry = 0
+            for start, width, key_offset in runs:
+                entry |= ((key >> key_offset) & ((1 << width) - 1)) << start
+            table[key] = int(self.flags(entry))
+        self._lookup = (runs, table)
+        return self._lookup
 
     def describe(self, entry: int, level_is_leaf: bool) -> str:
         """A one-line decoding of an entry for reports."""

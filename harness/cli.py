@@ -18,6 +18,7 @@ QEMU or guest failure, missing emulator).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -352,6 +353,7 @@ def _positive_float(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ptcheck` and `python -m harness`."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `ptcheck scenario | head` ends quietly
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))

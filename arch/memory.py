@@ -115,7 +115,7 @@ class RamImage(PagingHandlerBase):
         self.pool_end = pool_end
         self._used = bytearray((pool_end - pool_start) // FRAME_SIZE)
         self._lowest_free = 0  # every frame below this index is in use
-        self._file: mmap.mmap | None = buffer if isinstance(buffer, mmap.mmap) else None
+        self._file: mmap.mmap | None = None  # set by from_file: a mapping this image owns
 
     @classmethod
     def from_file(
@@ -134,10 +134,13 @@ class RamImage(PagingHandlerBase):
         """
         with open(Path(path), "r+b") as file:
             mapping = mmap.mmap(file.fileno(), size, offset=offset)
-        return cls(base, size, pool=pool, buffer=mapping)
+        image = cls(base, size, pool=pool, buffer=mapping)
+        image._file = mapping
+        return image
 
     def close(self) -> None:
-        """Release the views and, for a file-backed image, unmap the file."""
+        """Release the views and, for an image made by `from_file`, unmap the file (a buffer the
+        caller passed in stays the caller's to close)."""
         if self._words_mv is not None:
             self._words_mv.release()
         self._words_mv = None

@@ -284,10 +284,11 @@ class PageTable64:
         return pa
 
     def _check_page_size(self, size: object) -> PageSize:
+        value = _as_int("page size", size)
         try:
-            page_size = PageSize(_as_int("page size", size))
+            page_size = PageSize(value)
         except ValueError:
-            raise UnsupportedPageSize(f"{size!r} is not a page size (4K, 2M or 1G)") from None
+            raise UnsupportedPageSize(f"page size {value:#x} is not one of 4K, 2M or 1G") from None
         if page_size not in self._level_of_size:
             raise UnsupportedPageSize(f"{page_size.label} pages are not supported by this table")
         return page_size
@@ -816,6 +817,8 @@ class PageTable64:
         tables: U64 | np.uint64 = np.uint64(self._root >> 3) - base_slot
         codec = self.codec
         index_shift = np.uint64(3 - codec.PA_SHIFT)
+        words = getattr(self.handler, "words", None)
+        limit = len(words) if isinstance(words, np.ndarray) else None
         for level, shift in enumerate(self._shifts):
             walking = va if active is None else va[active]
             if not len(walking):
@@ -845,6 +848,8 @@ class PageTable64:
             address_field = found & np.uint64(codec.PA_FIELD)
             follow = ~hole & ~huge & (address_field != 0)
             next_tables = (address_field >> index_shift) - base_slot
+            if limit is not None:  # a pointer outside the memory ends that walk (no leaf)
+                follow &= next_tables <= np.uint64(limit - ENTRY_COUNT)
             if follow.all():
                 tables = next_tables
                 continue
@@ -881,9 +886,9 @@ class PageTable64:
         `copy_from`): the tables below them stay owned by `other` and are never freed by this
         table. Tables this table owned under those entries are freed first."""
         self._check_alive()
-        other._check_alive()
         if type(other) is not type(self) or other.handler is not self.handler:
             raise TypeError("copy_from needs a table of the same type on the same paging handler")
+        other._check_alive()
         if _as_int("size", size) == 0:
             return TlbFlushAll(self._flush_hook)
         va = self._check_va(start)

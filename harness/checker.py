@@ -200,6 +200,8 @@ class Checker:
     def plan(self, full: bool = True, seed: int = 0) -> Plan:
         """Choose the probes and predict their translations from the tables as they are now."""
         started = time.perf_counter()
+        # the guest's own mappings (if any) change upper-level tables: install them before walking
+        self._install_guest_mappings(self.profile.option_sets(full)[0])
         probes, pages = self.probe_set(full, np.random.default_rng(seed))
         walk = self.tables.walk_many(probes.vaddrs)
         plan = Plan(probes, pages, walk, self.tables.query_walk(walk), full)

@@ -261,6 +261,24 @@ def command_sensitivity(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def deviation_table() -> str:
+    """Every known emulator deviation of every profile, as a Markdown table (README source)."""
+    rows = ["| arch | deviation | QEMU versions | what happens | reference |", "|---|---|---|---|---|"]
+    for arch in available_arches():
+        for deviation in get_profile(arch).deviations:
+            first, fixed = deviation.versions
+            versions = f"{first} to before {fixed}" if fixed else f"{first} and later"
+            if deviation.variants:
+                versions += f" ({', '.join(deviation.variants)})"
+            rows.append(f"| {arch} | `{deviation.key}` | {versions} | {deviation.summary} | {deviation.reference} |")
+    return "\n".join(rows)
+
+
+def command_deviations(args: argparse.Namespace) -> int:
+    print(deviation_table())
+    return EXIT_PASS
+
+
 def bit_names(codec: object) -> dict[int, str]:
     """Single-bit constants of the codec's module (e.g. 4 -> 'U'), for labelling bits."""
     module = sys.modules[type(codec).__module__]
@@ -327,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     sens = sub.add_parser("sensitivity", help="which entry bits the MMU's behaviour reveals (one flip at a time)")
     common(sens, None)
     sens.set_defaults(run=command_sensitivity)
+    deviations = sub.add_parser("deviations", help="the table of known QEMU deviations (Markdown)")
+    deviations.set_defaults(run=command_deviations)
     return parser
 
 

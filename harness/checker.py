@@ -201,7 +201,7 @@ class Checker:
         """Choose the probes and predict their translations from the tables as they are now."""
         started = time.perf_counter()
         # the guest's own mappings (if any) change upper-level tables: install them before walking
-        self._install_guest_mappings(self.profile.option_sets(full)[0])
+        self._install_guest_mappings(self.profile.option_sets(full, self.variant)[0])
         probes, pages = self.probe_set(full, np.random.default_rng(seed))
         walk = self.tables.walk_many(probes.vaddrs)
         plan = Plan(probes, pages, walk, self.tables.query_walk(walk), full)
@@ -214,7 +214,7 @@ class Checker:
         started = time.perf_counter()
         probes, walk, query, full = plan.probes, plan.walk, plan.query, plan.full
         self.stats.pages += plan.pages
-        for option_set in self.profile.option_sets(full):
+        for option_set in self.profile.option_sets(full, self.variant):
             self._install_guest_mappings(option_set)
             expected = Expected(
                 probes.vaddrs,
@@ -386,7 +386,7 @@ class Checker:
         if query.mapped[0] and low <= pa < high:
             ram.write_word(pa, int(mb.tag_words(np.array([pa], dtype=np.uint64), self.profile.trap_instruction)[0]))
         rows = []
-        for option_set in self.profile.option_sets(True):
+        for option_set in self.profile.option_sets(True, self.variant):
             self._install_guest_mappings(option_set)
             predicted = self.model.predict(self.tables.primary, walk, access, option_set.user, option_set.bits)
             for i in range(3):

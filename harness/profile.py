@@ -153,8 +153,9 @@ class Profile:
         )
 
     # -- per-architecture hooks (override where the architecture needs them) -----------------
-    def option_sets(self, full: bool) -> list[OptionSet]:
-        """Batch option sets to probe: all of them for a full check, supervisor only otherwise."""
+    def option_sets(self, full: bool, variant: Variant | None = None) -> list[OptionSet]:
+        """Batch option sets to probe (for `variant` where they depend on the CPU): all of them
+        for a full check, supervisor only otherwise."""
         sets = [OptionSet("supervisor", 0), OptionSet("user", 1)]
         return sets if full else sets[:1]
 

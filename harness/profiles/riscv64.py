@@ -29,7 +29,7 @@ CAUSES = {
 class Riscv64Profile(Profile):
     """Sv39/Sv48/Sv57 probed from M-mode with MPRV (loads/stores) and mret (fetches)."""
 
-    def option_sets(self, full: bool) -> list[OptionSet]:
+    def option_sets(self, full: bool, variant: Variant | None = None) -> list[OptionSet]:
         if not full:
             return [OptionSet("S", 0)]
         return [

@@ -70,6 +70,14 @@ def _arch_list(value: str) -> list[str]:
     return arches
 
 
+def _installed_profile(arch: str) -> Profile:
+    """The profile of `arch`; ValueError with the install command when its QEMU is missing."""
+    profile = get_profile(arch)
+    if not profile.available():
+        raise ValueError(profile.install_hint())
+    return profile
+
+
 def _variants(profile: Profile, value: str | None) -> list[Variant]:
     if not value or value == "all":
         return list(profile.variants.values())
@@ -118,10 +126,7 @@ def command_check(args: argparse.Namespace) -> int:
     profiles: dict[str, Profile] = {}
     progress = Progress(sys.stderr, not args.json)
     for arch in _arch_list(args.arch):
-        profile = profiles[arch] = get_profile(arch)
-        if not profile.available():
-            print(f"error: {profile.install_hint()}", file=sys.stderr)
-            return EXIT_ERROR
+        profile = profiles[arch] = _installed_profile(arch)
         for variant in _variants(profile, args.mode):
             try:
                 reports.append(check_variant(profile, variant, args, progress))
@@ -184,10 +189,7 @@ def command_dump(args: argparse.Namespace) -> int:
 
 
 def command_explain(args: argparse.Namespace) -> int:
-    profile = get_profile(args.arch)
-    if not profile.available():
-        print(f"error: {profile.install_hint()}", file=sys.stderr)
-        return EXIT_ERROR
+    profile = _installed_profile(args.arch)
     va = parse_number(args.va)
     variant = _variants(profile, args.mode)[0]
     with GuestSession(profile, variant, batch_timeout=args.batch_timeout) as session:
@@ -207,10 +209,7 @@ def command_explain(args: argparse.Namespace) -> int:
 
 
 def command_fuzz(args: argparse.Namespace) -> int:
-    profile = get_profile(args.arch)
-    if not profile.available():
-        print(f"error: {profile.install_hint()}", file=sys.stderr)
-        return EXIT_ERROR
+    profile = _installed_profile(args.arch)
     progress = Progress(sys.stderr, True)
     failed = False
     for variant in _variants(profile, args.mode):
@@ -240,10 +239,7 @@ def command_fuzz(args: argparse.Namespace) -> int:
 
 
 def command_sensitivity(args: argparse.Namespace) -> int:
-    profile = get_profile(args.arch)
-    if not profile.available():
-        print(f"error: {profile.install_hint()}", file=sys.stderr)
-        return EXIT_ERROR
+    profile = _installed_profile(args.arch)
     variant = _variants(profile, args.mode)[0]
     progress = Progress(sys.stderr, True)
     progress.prefix = f"{profile.arch}/{variant.name} sensitivity: "

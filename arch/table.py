@@ -201,6 +201,7 @@ class PageTable64:
         root = self._alloc_frame()
         self._empty = self._make_empty_entries()
         self._directory_levels = tuple(zip(range(self._last), self._shifts, self._empty, strict=False))
+        assert not self.codec.is_present(self._empty[self._last]), "an empty leaf slot must not be present"
         self._fill_table(root, 0)
         self._root = root
 
@@ -627,7 +628,7 @@ class PageTable64:
                     continue
                 chunk = min(ENTRY_COUNT - ((cur >> 12) & 511), (end - cur) >> 12)
                 current = self.handler.read_words(epa, chunk)
-                mapped = self.codec.present(current) & (current != np.uint64(self._empty[level]))
+                mapped = self.codec.present(current)  # an empty leaf slot is never present
                 if not mapped.all():
                     raise NotMapped(f"virtual address {cur + int(np.argmin(mapped)) * PAGE_4K:#x} is not mapped")
                 if self._journal is not None:

@@ -107,8 +107,10 @@ def check_variant(profile: Profile, variant: Variant, args: argparse.Namespace, 
         runner.run(operations)
         session.power_off()
         notes = {
-            d.key: f"{d.summary} (QEMU {d.versions[0]}{'–' + d.versions[1] if d.versions[1] else '+'}; {d.reference})"
+            d.key: f"{d.summary} (QEMU {d.versions[0]}{' to before ' + d.versions[1] if d.versions[1] else '+'}; "
+            f"{d.reference})"
             for d in profile.deviations
+            if d.applies_to(session.machine.version, variant.name)
         }
         return VariantReport(
             profile.arch,

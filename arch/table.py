@@ -429,8 +429,9 @@ class PageTable64:
         if self._freed:
             self._check_alive()
         va = self._check_va(vaddr)
-        level = self._level_of_size.get(size) if type(size) is PageSize else None
-        page_size = self._check_page_size(size) if level is None else size
+        level = self._level_of_size.get(size) if type(size) is PageSize or type(size) is int else None
+        page_size = self._check_page_size(size) if level is None else self._size_of_level[level]
+        assert page_size is not None
         if va & (page_size - 1):
             raise NotAligned(f"virtual address {va:#x} is not aligned to the {page_size.label} page size")
         pa = self._check_pa(paddr) & ~(page_size - 1)

@@ -129,11 +129,8 @@ def _unique(values: np.ndarray) -> np.ndarray:
     return ordered[keep]
 
 
-def _alias_rounds(keys: np.ndarray) -> list[np.ndarray]:
-    """Split positions into rounds in which no key repeats (the n-th occurrence of each key
-    goes to round n)."""
-    if not len(keys):
-        return []
+def _occurrence_rank(keys: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions hold the same key (0 for the first)."""
     order = np.argsort(keys, kind="stable")
     ordered = keys[order]
     starts = np.ones(len(ordered), dtype=bool)
@@ -141,6 +138,15 @@ def _alias_rounds(keys: np.ndarray) -> list[np.ndarray]:
     group_start = np.maximum.accumulate(np.where(starts, np.arange(len(ordered)), 0))
     rank = np.empty(len(keys), dtype=np.int64)
     rank[order] = np.arange(len(ordered)) - group_start
+    return rank
+
+
+def _alias_rounds(keys: np.ndarray) -> list[np.ndarray]:
+    """Split positions into rounds in which no key repeats (the n-th occurrence of each key
+    goes to round n)."""
+    if not len(keys):
+        return []
+    rank = _occurrence_rank(keys)
     return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1)]
 
 
@@ -167,6 +173,9 @@ class Checker:
         starts, sizes = mapped.vaddr[keep], mapped.size[keep]
         if full:
             words = np.concatenate([starts, starts + sizes - np.uint64(8)])
+            # pages sharing a frame store to different words, so their stores can run in one batch
+            shift = (_occurrence_rank(mapped.paddr[keep]) % 256).astype(np.uint64) << np.uint64(3)
+            store_words = np.concatenate([starts + shift, starts + sizes - np.uint64(8) - shift])
             holes = np.concatenate(
                 [starts - np.uint64(8), starts + sizes] + [starts ^ np.uint64(s) for s in HOLE_SPANS]
             )
@@ -175,16 +184,16 @@ class Checker:
                 self.profile.non_canonical_addresses(self.tables.primary.metadata.VA_MAX_BITS), dtype=np.uint64
             )
             extra = extra[self.tables.owner_index(extra) < 0]
-            vaddrs = _unique(np.concatenate([words, holes, extra]))
-            kinds: tuple[int, ...] = (LOAD, STORE, FETCH)
+            others = _unique(np.concatenate([holes, extra]))
+            vaddrs = np.concatenate([words, others, store_words, others, words, others])
+            access = np.repeat(np.array([LOAD, STORE, FETCH], dtype=np.uint8), len(words) + len(others))
+            return ProbeSet(vaddrs, access), int(keep.sum())
         else:
             offsets = (rng.integers(0, 1 << 62, len(starts), dtype=np.uint64) % (sizes >> np.uint64(3))) << np.uint64(3)
             holes = _unique((starts + sizes)[::QUICK_HOLE_STRIDE])  # a sample: faults are slow to probe
             holes = holes[~self.tables.query_many(holes).mapped & ~self._reserved(holes)]
             vaddrs = np.concatenate([starts + offsets, holes])
-            kinds = (LOAD,)
-        access = np.repeat(np.array(kinds, dtype=np.uint8), len(vaddrs))
-        return ProbeSet(np.tile(vaddrs, len(kinds)), access), int(keep.sum())
+            return ProbeSet(vaddrs, np.full(len(vaddrs), LOAD, dtype=np.uint8)), int(keep.sum())
 
     def _reserved(self, vaddrs: np.ndarray) -> np.ndarray:
         hit = np.zeros(len(vaddrs), dtype=bool)

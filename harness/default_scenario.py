@@ -16,6 +16,7 @@ from .scenario import Operation
 from .tableset import TableSet
 
 RANDOM_PAGES = 100_000
+RANDOM_SPAN = 2 << 30  # the random pages lie in 2 GiB: 19% of its 4K slots, 1,024 leaf tables
 K4, M2, G1 = int(PageSize.SIZE_4K), int(PageSize.SIZE_2M), int(PageSize.SIZE_1G)
 
 
@@ -107,10 +108,10 @@ def default_scenario(
         yield op("remap", va=start + 2 * K4, pa=frames.take(K4), flags=MappingFlags.READ | MappingFlags.EXECUTE)
         yield op("unmap", va=start + 5 * K4 + M2)
     yield op("check", full=True)
-    # 3. randomly placed 4K pages in 16 GiB of the low half, for throughput
+    # 3. randomly placed 4K pages in 2 GiB of the low half, for throughput
     rng = np.random.default_rng(seed)
-    start = cursors[0].area(1 << 34, G1)
-    slots = np.unique(rng.integers(0, 1 << 22, size=random_pages * 2))[:random_pages]
+    start = cursors[0].area(RANDOM_SPAN, G1)
+    slots = np.unique(rng.integers(0, RANDOM_SPAN // K4, size=random_pages * 2))[:random_pages]
     rng.shuffle(slots)
     low, high = profile.layout.data_window
     pas = low + rng.integers(0, (high - low) // K4, size=len(slots)) * K4

@@ -31,6 +31,9 @@ class PteCodec:
     PA_SHIFT: int = 0
     PRESENT: tuple[int, int]
     """(mask, value) of a present leaf (the crate's `is_present`)."""
+    TABLE_PRESENT: tuple[int, int] | None = None
+    """(mask, value) a table entry must match to be followed by the MMU; None where table
+    entries have no present bit (LoongArch directories)."""
     HUGE_MASK: int
     HUGE_WHEN_SET: bool = True
     """A directory-level entry is a huge leaf when `entry & HUGE_MASK` is non-zero (or zero)."""
@@ -99,6 +102,13 @@ class PteCodec:
     def present(self, entries: U64) -> np.ndarray:
         """Vector form of `is_present`."""
         mask, value = self.PRESENT
+        return np.asarray((entries & np.uint64(mask)) == np.uint64(value), dtype=np.bool_)
+
+    def table_live(self, entries: U64) -> np.ndarray:
+        """Vector test: which table entries the MMU follows (all, where there is no such bit)."""
+        if self.TABLE_PRESENT is None:
+            return np.ones(len(entries), dtype=np.bool_)
+        mask, value = self.TABLE_PRESENT
         return np.asarray((entries & np.uint64(mask)) == np.uint64(value), dtype=np.bool_)
 
     def is_huge(self, entry: int) -> bool:

@@ -1,8 +1,8 @@
 """Undo log that makes every page table operation atomic.
 
 While an operation runs, each word it overwrites, each run of words it overwrites and each frame
-it allocates is recorded; if the operation raises, the log is replayed newest first, so the table
-and the frame allocator end exactly as they were.
+it allocates (with the frame's former contents) is recorded; if the operation raises, the log is
+replayed newest first, so the memory and the frame allocator end exactly as they were.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ class Journal:
         """Remember the words starting at `paddr` (a copy is kept)."""
         self._log.append((_RUN, paddr, np.array(old, dtype=np.uint64)))
 
-    def frame(self, paddr: int) -> None:
-        """Remember that the operation allocated the frame at `paddr`."""
-        self._log.append((_FRAME, paddr, None))
+    def frame(self, paddr: int, old: U64) -> None:
+        """Remember that the operation allocated the frame at `paddr`, which held `old` (a copy
+        is kept, so rolling back restores even the bytes of the freed frame)."""
+        self._log.append((_FRAME, paddr, np.array(old, dtype=np.uint64)))
 
     def roll_back(self) -> None:
         """Undo everything, newest first."""
@@ -43,5 +44,6 @@ class Journal:
             elif kind == _RUN:
                 self._handler.write_words(paddr, old)  # type: ignore[arg-type]
             else:
+                self._handler.write_words(paddr, old)  # type: ignore[arg-type]
                 self._handler.dealloc_frame(paddr)
         self._log.clear()

@@ -300,7 +300,7 @@ class PageTable64:
         if frame is None:
             raise NoMemory("the paging handler has no free frame for a page table")
         if self._journal is not None:
-            self._journal.frame(frame)
+            self._journal.frame(frame, self.handler.read_words(frame, WORDS_PER_FRAME))
         return frame
 
     def _fill_table(self, table: int, level: int) -> None:
@@ -329,6 +329,11 @@ class PageTable64:
             and self.codec.paddr(entry) != 0
         )
 
+    def _is_live(self, entry: int) -> bool:
+        """Whether the MMU follows this table entry (its present bit, where it has one)."""
+        mask, value = self.codec.TABLE_PRESENT or (0, 0)
+        return entry & mask == value
+
     def _is_leaf(self, entry: int, level: int) -> bool:
         """Whether an entry at `level` is a (possibly non-present) leaf."""
         if entry == self._empty[level]:
@@ -345,12 +350,13 @@ class PageTable64:
         index_shift = 3 - self.codec.PA_SHIFT  # entry address field -> word index
         huge_mask = self._huge_mask
         huge_flip = 0 if self._huge_when_set else huge_mask  # (entry & mask) ^ flip != 0: huge
+        live_mask, live_value = self.codec.TABLE_PRESENT or (0, 0)
         index = (self._root >> 3) - base_index
         try:
             for level, shift, empty in self._directory_levels:
                 slot = index + ((va >> shift) & 511)
                 entry = words[slot]
-                if entry == empty or (entry & huge_mask) ^ huge_flip:
+                if entry == empty or (entry & huge_mask) ^ huge_flip or (entry & live_mask) != live_value:
                     return (slot + base_index) << 3, entry, level
                 target = entry & pa_field
                 if not target:  # crate: a pointer to physical 0 counts as not mapped
@@ -455,7 +461,8 @@ class PageTable64:
         va = self._check_va(vaddr)
         _, entry, _, size = self._leaf(va)
         codec = self.codec
-        return ((entry & codec.PA_FIELD) << codec.PA_SHIFT) + (va & (size - 1)), codec.flags(entry), size
+        base = ((entry & codec.PA_FIELD) << codec.PA_SHIFT) & ~(size - 1)  # see _resolve
+        return base + (va & (size - 1)), codec.flags(entry), size
 
     def unmap(self, vaddr: int, *, free_empty_tables: bool = False) -> UnmapResult:
         """Remove the whole (huge) page that maps `vaddr`; return its base PA, flags and size.
@@ -470,7 +477,8 @@ class PageTable64:
             self._set(epa, self._empty[level])
         if free_empty_tables:
             self._reclaim(va, level)
-        result = UnmapResult(self.codec.paddr(entry), self.codec.flags(entry), size, TlbFlush(va, self._flush_hook))
+        base = self.codec.paddr(entry) & ~(size - 1)
+        result = UnmapResult(base, self.codec.flags(entry), size, TlbFlush(va, self._flush_hook))
         return result
 
     def protect(self, vaddr: int, flags: MappingFlags) -> tuple[PageSize, TlbFlush]:
@@ -729,7 +737,7 @@ class PageTable64:
         visited = 0
         shift = self._shifts[level]
         for index, entry in enumerate(self.handler.read_words(table, ENTRY_COUNT).tolist()):
-            pointer = self._is_pointer(entry, level)
+            pointer = self._is_pointer(entry, level) and self._is_live(entry)
             if not pointer and not (self._is_leaf(entry, level) and self.codec.is_present(entry)):
                 continue
             raw = base + (index << shift)
@@ -768,7 +776,7 @@ class PageTable64:
             if level == self._last:
                 break
             address_field = entries & np.uint64(codec.PA_FIELD)
-            pointer = used & ~huge & (address_field != 0)
+            pointer = used & ~huge & (address_field != 0) & codec.table_live(entries)
             tables = (address_field[pointer] >> np.uint64(3 - codec.PA_SHIFT)) - np.uint64(self._words_base >> 3)
             bases = raw[pointer]
         if not found:
@@ -778,7 +786,10 @@ class PageTable64:
         order = np.argsort(raw_vaddrs, kind="stable")
         raw_vaddrs, entries, sizes = raw_vaddrs[order], entries[order], sizes[order]
         return MappingList(
-            self.metadata.canonical_many(raw_vaddrs), codec.paddrs(entries), codec.flags_many(entries), sizes
+            self.metadata.canonical_many(raw_vaddrs),
+            codec.paddrs(entries) & ~(sizes - np.uint64(1)),
+            codec.flags_many(entries),
+            sizes,
         )
 
     # -- batch queries -----------------------------------------------------------------------
@@ -848,7 +859,7 @@ class PageTable64:
                 leaf_level[target] = level
                 leaf_entry[target] = found[huge]
             address_field = found & np.uint64(codec.PA_FIELD)
-            follow = ~hole & ~huge & (address_field != 0)
+            follow = ~hole & ~huge & (address_field != 0) & codec.table_live(found)
             next_tables = (address_field >> index_shift) - base_slot
             if limit is not None:  # a pointer outside the memory ends that walk (no leaf)
                 follow &= next_tables <= np.uint64(limit - ENTRY_COUNT)
@@ -878,7 +889,10 @@ class PageTable64:
         mapped = (leaf_level >= 0) & self.codec.present(leaf)
         sizes_by_level = np.array([int(s) if s else 0 for s in self._size_of_level] + [0], dtype=np.uint64)
         size = sizes_by_level[leaf_level] * mapped  # level -1 picks the trailing 0
-        paddr = (self.codec.paddrs(leaf) + (va & (size - np.uint64(1)))) * mapped
+        offset_mask = size - np.uint64(1)
+        # a huge leaf's output address is size-aligned: bits below it are attributes (x86 PAT
+        # at bit 12, SDM 4.5 tables 4-16/4-18; LoongArch HGLOBAL) or RES0; the crate adds them in
+        paddr = ((self.codec.paddrs(leaf) & ~offset_mask) + (va & offset_mask)) * mapped
         flags = self.codec.flags_many(leaf) * mapped
         return QueryBatch(paddr, flags.astype(np.uint8), size, mapped)
 

@@ -42,6 +42,7 @@ class A64Codec(PteCodec):
     name = "aarch64"
     PA_FIELD = PHYS_ADDR_MASK
     PRESENT = (VALID, VALID)
+    TABLE_PRESENT = (VALID, VALID)  # D8.3: an invalid table descriptor faults; the crate follows it
     HUGE_MASK = NON_BLOCK
     HUGE_WHEN_SET = False  # a block descriptor has bit 1 clear (D8.3.1)
     FLAG_RULES = (

@@ -36,6 +36,7 @@ class Rv64Codec(PteCodec):
     PA_FIELD = PPN_FIELD
     PA_SHIFT = 2  # entry = (pa >> 2) | flags (PPN at bit 10 = pa bit 12)
     PRESENT = (V, V)
+    TABLE_PRESENT = (V, V)  # 4.3.2 step 3: V = 0 is a page fault at any level; the crate follows it
     HUGE_MASK = R | X  # a valid entry with R or X set is a leaf at any level (12.4.2 step 4)
 
     def __init__(self, svpbmt: bool = False) -> None:

@@ -30,6 +30,7 @@ class X64Codec(PteCodec):
     name = "x86_64"
     PA_FIELD = PHYS_ADDR_MASK
     PRESENT = (P, P)
+    TABLE_PRESENT = (P, P)  # a PML4E/PDPTE/PDE with P = 0 ends the walk (SDM 4.5.4); the crate follows it
     HUGE_MASK = PS
     FLAG_RULES = (
         (0, 0, MappingFlags.READ),  # crate: READ whenever present

@@ -23,6 +23,8 @@ class MappingFlags(enum.IntFlag):
     @classmethod
     def from_letters(cls, letters: str) -> MappingFlags:
         """Parse the letters R W X U D C (any order, case-insensitive) into flags."""
+        if not isinstance(letters, str):
+            raise TypeError(f"flag letters must be a string, not {type(letters).__name__} {letters!r}")
         flags = cls(0)
         for letter in letters.upper():
             try:
@@ -68,6 +70,8 @@ class PageSize(enum.IntEnum):
     @classmethod
     def parse(cls, text: str) -> PageSize:
         """Parse '4K', '2M' or '1G' (case-insensitive)."""
+        if not isinstance(text, str):
+            raise TypeError(f"a page size label must be a string, not {type(text).__name__} {text!r}")
         for size in cls:
             if size.label == text.upper():
                 return size

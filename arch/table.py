@@ -149,6 +149,29 @@ def _as_int(name: str, value: object) -> int:
     return int(value)
 
 
+def _address_array(vaddrs: object) -> U64:
+    """Addresses as a flat uint64 array. Integer arrays pass through (a signed one must not hold
+    negative values); anything else is read element by element: InvalidAddress for integers
+    outside 0..2**64-1, TypeError for values that are not integers."""
+    array = vaddrs if isinstance(vaddrs, np.ndarray) else np.array(vaddrs, dtype=object)
+    kind = array.dtype.kind
+    if kind == "u":
+        return np.ascontiguousarray(array, dtype=np.uint64).reshape(-1)
+    if kind == "i":
+        if array.size and int(array.min()) < 0:
+            raise InvalidAddress(f"virtual address {int(array.min()):#x} lies outside 0..2**64-1")
+        return np.ascontiguousarray(array, dtype=np.uint64).reshape(-1)
+    if kind != "O":
+        raise TypeError(f"virtual addresses must be integers, not {array.dtype} values")
+    values = array.reshape(-1).tolist()
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"virtual addresses must be integers, not {type(value).__name__} {value!r}")
+        if not 0 <= value <= MASK64:
+            raise InvalidAddress(f"virtual address {value:#x} lies outside 0..2**64-1")
+    return np.array(values, dtype=np.uint64)
+
+
 class PageTable64:
     """A 64-bit multi-level page table with 512-entry tables, stored through a `PagingHandler`.
 
@@ -233,19 +256,25 @@ class PageTable64:
 
     def size_of_level(self, level: int) -> PageSize | None:
         """The leaf size at `level`, or None where no leaf can live."""
-        return self._size_of_level[level]
+        return self._size_of_level[self._check_level(level)]
 
     def empty_entry(self, level: int) -> int:
         """The value an unused entry at `level` holds."""
-        return self._empty[level]
+        return self._empty[self._check_level(level)]
 
     def entry_span(self, level: int) -> int:
         """Bytes of virtual address space one entry at `level` covers."""
-        return 1 << self._shifts[level]
+        return 1 << self._shifts[self._check_level(level)]
 
     def index(self, vaddr: int, level: int) -> int:
         """The index of `vaddr`'s entry in its table at `level`."""
-        return (vaddr >> self._shifts[level]) & (ENTRY_COUNT - 1)
+        return (_as_int("vaddr", vaddr) >> self._shifts[self._check_level(level)]) & (ENTRY_COUNT - 1)
+
+    def _check_level(self, level: object) -> int:
+        value = _as_int("level", level)
+        if not 0 <= value < self._levels:
+            raise ValueError(f"level {value} is outside 0..{self._levels - 1} (the root is level 0)")
+        return value
 
     # -- validation --------------------------------------------------------------------------
     def _check_alive(self) -> None:
@@ -796,7 +825,7 @@ class PageTable64:
     def walk_many(self, vaddrs: object) -> WalkBatch:
         """Walk the table for every address at once (numpy); see `WalkBatch`."""
         self._check_alive()
-        va = np.ascontiguousarray(vaddrs, dtype=np.uint64).reshape(-1)
+        va = _address_array(vaddrs)
         entries = np.zeros((self._levels, len(va)), dtype=np.uint64)
         slots = np.zeros((self._levels, len(va)), dtype=np.uint64)
         valid, leaf_level, _ = self._walk_batch(va, entries, slots)
@@ -874,7 +903,7 @@ class PageTable64:
     def query_many(self, vaddrs: object) -> QueryBatch:
         """Vectorised `query`: arrays of physical address, flags, page size and a mapped mask."""
         self._check_alive()
-        va = np.ascontiguousarray(vaddrs, dtype=np.uint64).reshape(-1)
+        va = _address_array(vaddrs)
         _, leaf_level, leaf = self._walk_batch(va)
         return self._resolve(va, leaf_level, leaf)
 

@@ -1,7 +1,4 @@
 """`python -m harness`: the ptcheck command line."""
+from .cli import entry
 
-import sys
-
-from .cli import main
-
-sys.exit(main())
+entry()

@@ -18,6 +18,8 @@ QEMU or guest failure, missing emulator).
 from __future__ import annotations
 
 import argparse
+import math
+import mmap
 import signal
 import sys
 import time
@@ -28,7 +30,7 @@ from typing import TextIO
 from arch import PagingError, RamImage
 
 from .checker import Checker, CheckStats
-from .default_scenario import RANDOM_PAGES, default_scenario
+from .default_scenario import RANDOM_PAGES, RANDOM_SPAN, default_scenario
 from .explore import fuzz, sensitivity
 from .machine import MachineError
 from .profile import Profile, Variant
@@ -40,6 +42,9 @@ from .session import DEFAULT_BATCH_TIMEOUT, GuestSession
 from .tableset import TableSet
 
 EXIT_PASS, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
+# The built-in scenario places its random pages in distinct 4K slots of RANDOM_SPAN bytes
+# (harness/default_scenario.py, part 3): it cannot place more than that.
+MAX_RANDOM_PAGES = RANDOM_SPAN // 0x1000
 
 
 class Progress:
@@ -65,6 +70,8 @@ def _arch_list(value: str) -> list[str]:
     if value == "all":
         return available_arches()
     arches = [part.strip() for part in value.split(",") if part.strip()]
+    if not arches:
+        raise ValueError(f"--arch {value!r} names no architecture: choose from {', '.join(available_arches())}, or all")
     for arch in arches:
         get_profile(arch)  # ValueError naming the known ones
     return arches
@@ -157,8 +164,11 @@ def command_scenario(args: argparse.Namespace) -> int:
 
 
 def _scratch_ram(profile: Profile) -> RamImage:
-    """A RAM image shaped like the guest's, for building tables without QEMU."""
-    return RamImage(profile.ram_base, profile.ram_size, pool=profile.layout.table_pool)
+    """A RAM image shaped like the guest's, for building tables without QEMU. Anonymous memory is
+    zeroed page by page when first touched (mmap(2), MAP_ANONYMOUS), where a bytearray of the
+    guest's 2 GiB would be zeroed, and resident, all at once."""
+    return RamImage(profile.ram_base, profile.ram_size, pool=profile.layout.table_pool,
+                    buffer=mmap.mmap(-1, profile.ram_size))
 
 
 def _build_offline(args: argparse.Namespace) -> tuple[Profile, TableSet]:
@@ -303,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=_non_negative, default=0, help="seed for the random parts (default 0)")
         p.add_argument(
             "--random-pages",
-            type=_non_negative,
+            type=_page_count,
             default=RANDOM_PAGES,
             help=f"random 4K pages in the built-in scenario (default {RANDOM_PAGES})",
         )
@@ -362,16 +372,31 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _page_count(text: str) -> int:
+    value = _non_negative(text)
+    if value > MAX_RANDOM_PAGES:
+        raise argparse.ArgumentTypeError(
+            f"{text} is more random pages than the built-in scenario has slots for ({MAX_RANDOM_PAGES})"
+        )
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    if not (value > 0 and math.isfinite(value)):  # an infinite timeout would let a hung guest hang us
+        raise argparse.ArgumentTypeError(f"{text} is not a positive, finite number of seconds")
     return value
+
+
+def entry() -> None:
+    """The `ptcheck` program: `main()` with the default SIGPIPE action, so that
+    `ptcheck scenario | head` ends quietly (never set inside a library caller's process)."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ptcheck` and `python -m harness`."""
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `ptcheck scenario | head` ends quietly
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))

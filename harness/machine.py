@@ -261,6 +261,14 @@ class _Instance:
     def create_files(self) -> None:
         """The private directory (on tmpfs when it has room) and the sparse RAM file, mapped."""
         self.workdir = Path(tempfile.mkdtemp(prefix="ptcheck-", dir=_tmpfs_with_room(self.spec.ram_size)))
+        # The RAM file is sparse: a write (by QEMU or the harness) to a page the file system has no
+        # room for raises SIGBUS and kills the writer without a word (mmap(2), "SIGBUS"; measured
+        # on a full tmpfs). Refuse to start unless the whole RAM fits.
+        free = _free_bytes(str(self.workdir))
+        if free < self.spec.ram_size:
+            raise MachineError(
+                f"{self.workdir.parent} has {free >> 20} MiB free, but the guest RAM file may grow to "
+                f"{self.spec.ram_size >> 20} MiB: free space there or set TMPDIR to a directory with room")
         fd = os.open(self.workdir / "ram", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, self.spec.ram_size)  # sparse: pages exist once written
@@ -404,13 +412,18 @@ def _exit_description(status: int, spec: MachineSpec) -> str:
     return f"exited with status {status}"
 
 
+def _free_bytes(path: str) -> int:
+    """Bytes an unprivileged process may still write on the file system of `path`; 0 if unknown."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return 0
+    return stats.f_bavail * stats.f_frsize
+
+
 def _tmpfs_with_room(size: int) -> str | None:
     """/dev/shm when it exists and has `size` bytes free, else None (the default temp dir)."""
-    try:
-        stats = os.statvfs("/dev/shm")
-    except OSError:
-        return None
-    return "/dev/shm" if stats.f_bavail * stats.f_frsize >= size else None
+    return "/dev/shm" if _free_bytes("/dev/shm") >= size else None
 
 
 def _with_memory_backend(machine_args: Sequence[str]) -> list[str]:

@@ -180,8 +180,9 @@ class Profile:
         with the tables loaded, or None when the architecture has no such observer."""
         return None
 
-    def wake(self, machine: Machine) -> None:
-        """Wake the guest after writing `go` (timer-woken guests need nothing)."""
+    def wake(self, machine: Machine, command: int) -> None:
+        """Wake the guest after writing `go` with mailbox `command` (timer-woken guests need
+        nothing)."""
 
     def explain_cause(self, cause: int) -> str:
         """A human decoding of a raw fault cause."""

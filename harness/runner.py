@@ -66,8 +66,13 @@ class ScenarioRunner:
             return
         try:
             apply_operation(self.tables, self.profile, self.reserved, operation)
+            return
         except (PagingError, ValueError, TypeError) as error:
-            raise ScenarioError(self.source, operation.line, 1, f"{operation.describe()}: {error}") from None
+            failure = f"{operation.describe()}: {error}"
+        # Raised here, not in the handler: the library's traceback, whose frames may hold numpy
+        # views of guest RAM, is then not kept as this error's context, and the session can
+        # unmap the RAM file while the error propagates (harness/machine.py, "RAM views").
+        raise ScenarioError(self.source, operation.line, 1, failure)
 
 
 def apply_operation(tables: TableSet, profile: Profile, reserved: list[tuple[int, int]], op: Operation) -> None:

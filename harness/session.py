@@ -174,7 +174,7 @@ class GuestSession:
 
         GuestError when the batch does not end within `batch_timeout`, QEMU exits, the guest
         reports an error, or any result breaks the ABI (a batch with unreadable results is never
-        returned).
+        returned). The guest's state is unknown after a GuestError: close the session.
         """
         count = len(probe_words)
         if count > self.capacity:
